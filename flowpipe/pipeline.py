@@ -1,0 +1,368 @@
+"""Builds the stage graph of a validated pipeline and runs it to the end.
+
+Threads and queues::
+
+    input thread(s) --batches--> [packet queue] --> worker thread: decoders -> processors
+    worker --event batches--> [one queue per output] --> output thread (write, retry, flush)
+
+End of input (or :meth:`Pipeline.request_stop`, on SIGINT/SIGTERM) drains every queue, flushes
+the decoders (what is in flight becomes events), then the outputs, and closes every stage. If the
+drain takes longer than ``pipeline.shutdown_timeout``, what is still queued or being retried is
+counted as ``dropped.undelivered`` and the run fails (exit status 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import PipelineSpec, StageSpec
+from .errors import OutputError, StartupError
+from .event import Event
+from .metrics import Counters
+from .packet import PacketBatch
+from .queues import END, BatchQueue
+from .registry import Registry
+from .stage import Decoder, Input, Output, Processor, Stage, StageContext
+from .summary import Summary
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("flowpipe.pipeline")
+
+
+class Pipeline:
+    """A running instance of a :class:`~flowpipe.config.PipelineSpec`."""
+
+    def __init__(self, spec: PipelineSpec, registry: Registry) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.failures: list[str] = []
+        base_dir = spec.path.resolve().parent
+        settings = spec.settings
+
+        def build(stage_spec: StageSpec) -> Any:
+            context = StageContext(
+                id=stage_spec.id,
+                counters=Counters(stage_spec.id, stage_spec.kind),
+                base_dir=base_dir,
+                batch_size=settings.batch_size,
+                failures=self.failures,
+            )
+            return stage_spec.create(context)
+
+        self.inputs: list[Input] = [build(s) for s in spec.inputs]
+        self.decoders: list[Decoder] = [build(s) for s in spec.decoders]
+        self.processors: list[Processor] = [build(s) for s in spec.processors]
+        self.outputs: list[Output] = [build(s) for s in spec.outputs]
+        for decoder, following in zip(self.decoders, [*self.decoders[1:], None], strict=False):
+            decoder.downstream = following is not None
+
+        queue_settings = settings.queue
+        self.input_queue = BatchQueue(
+            "inputs", queue_settings.batches, queue_settings.bytes, producers=len(self.inputs)
+        )
+        self.output_runners = [
+            _OutputRunner(
+                output,
+                BatchQueue(
+                    f"to-{output.context.id}",
+                    queue_settings.batches,
+                    queue_settings.bytes,
+                    on_full=output.config.on_full,
+                ),
+            )
+            for output in self.outputs
+        ]
+        self.worker_counters = Counters("worker", "worker")
+        self.stop_requested = threading.Event()
+        self.abort = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._opened: list[Stage] = []
+        self._started_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        return [*self.inputs, *self.decoders, *self.processors, *self.outputs]
+
+    def all_counters(self) -> list[Counters]:
+        """Every stage's and queue's counters, in pipeline order."""
+        return [
+            *(stage.context.counters for stage in self.inputs),
+            self.input_queue.counters,
+            *(stage.context.counters for stage in (*self.decoders, *self.processors)),
+            self.worker_counters,
+            *(runner.queue.counters for runner in self.output_runners),
+            *(stage.context.counters for stage in self.outputs),
+        ]
+
+    def open(self) -> None:
+        """Open every stage, outputs first (an unwritable output fails before reading starts)."""
+        order = [*self.outputs, *self.processors, *self.decoders, *self.inputs]
+        for stage in order:
+            try:
+                stage.open()
+            except StartupError:
+                self.close()
+                raise
+            except Exception as error:
+                self.close()
+                raise StartupError(f"{stage.kind} {stage.context.id!r} failed to start: {error}") from error
+            self._opened.append(stage)
+
+    def close(self) -> None:
+        """Close every opened stage (inputs first), logging but not raising their errors."""
+        for stage in reversed(self._opened):
+            try:
+                stage.close()
+            except Exception:
+                log.exception("%s %r failed to close", stage.kind, stage.context.id)
+        self._opened.clear()
+
+    def start(self) -> None:
+        """Start the input, worker and output threads."""
+        self._started_at = time.monotonic()
+        for runner in self.output_runners:
+            self._spawn(f"output-{runner.output.context.id}", runner.run, self.abort)
+        self._spawn("worker", self._work)
+        for stage in self.inputs:
+            self._spawn(f"input-{stage.context.id}", self._read, stage)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def request_stop(self) -> None:
+        """Stop reading inputs; what was read still drains through to the outputs."""
+        if not self.stop_requested.is_set():
+            self.stop_requested.set()
+            for stage in self.inputs:
+                stage.stop()
+
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def inputs_done(self) -> bool:
+        return all(not thread.is_alive() for thread in self._threads if thread.name.startswith("input-"))
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started_at if self._started_at else 0.0
+
+    def wait(self, tick: Callable[[], None] | None = None, interval: float = 0.1) -> None:
+        """Wait for the drain to complete, calling ``tick`` every ``interval`` seconds.
+
+        The shutdown timeout counts from the moment inputs ended or a stop was requested.
+        """
+        deadline: float | None = None
+        while self.running():
+            if tick is not None:
+                tick()
+            if deadline is None and (self.stop_requested.is_set() or self.inputs_done()):
+                deadline = time.monotonic() + self.spec.settings.shutdown_timeout
+            if deadline is not None and time.monotonic() > deadline:
+                self._give_up()
+                return
+            time.sleep(interval)
+
+    def _give_up(self) -> None:
+        undelivered = self.input_queue.close()
+        self.abort.set()
+        for runner in self.output_runners:
+            undelivered += runner.queue.close()
+        for thread in self._threads:
+            thread.join(1.0)
+        self.failures.append(
+            f"shutdown timeout ({self.spec.settings.shutdown_timeout:g} s) reached: "
+            f"{undelivered} queued items and any batch still being retried were not delivered"
+        )
+        log.error("%s", self.failures[-1])
+
+    def run(self, tick: Callable[[], None] | None = None) -> Summary:
+        """Open, start, wait for the end, close; return the summary."""
+        self.open()
+        try:
+            self.start()
+            self.registry.hook.flowpipe_pipeline_started(pipeline=self)
+            self.wait(tick)
+        finally:
+            self.close()
+        summary = self.summary()
+        self.registry.hook.flowpipe_pipeline_stopped(pipeline=self, summary=summary)
+        return summary
+
+    def summary(self) -> Summary:
+        return Summary(
+            elapsed=self.elapsed(),
+            inputs=[stage.context.counters for stage in self.inputs],
+            decoders=[stage.context.counters for stage in self.decoders],
+            processors=[stage.context.counters for stage in self.processors],
+            outputs=[stage.context.counters for stage in self.outputs],
+            queues=[self.input_queue.counters, *(runner.queue.counters for runner in self.output_runners)],
+            failures=list(self.failures),
+        )
+
+    # -- threads -------------------------------------------------------------------------------
+
+    def _read(self, stage: Input) -> None:
+        counters = stage.context.counters
+        try:
+            for batch in stage.read():
+                if not batch:
+                    continue
+                counters.add("out", len(batch))
+                if isinstance(batch, PacketBatch):
+                    counters.add("bytes", batch.nbytes)
+                if not self.input_queue.put(batch):
+                    break
+        except Exception as error:
+            log.exception("input %r failed", stage.context.id)
+            stage.context.fail(f"input {stage.context.id!r} failed: {type(error).__name__}: {error}")
+        finally:
+            self.input_queue.end()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                batch = self.input_queue.get()
+                if batch is END:
+                    break
+                events = self._decode(batch, 0) if isinstance(batch, PacketBatch) else batch
+                self._process_and_ship(events)
+            if not self.abort.is_set():
+                self._flush_decoders()
+        finally:
+            for runner in self.output_runners:
+                runner.queue.end()
+
+    def _decode(self, batch: Any, first: int) -> list[Event]:
+        events: list[Event] = []
+        items = batch
+        for decoder in self.decoders[first:]:
+            counters = decoder.context.counters
+            counters.add("in", len(items))
+            before = len(events)
+            try:
+                items = decoder.decode(items, events)
+            except Exception:
+                counters.drop("decoder_error", len(items))
+                decoder.context.errors.error(
+                    "decode",
+                    "decoder %r failed on a batch; its items are dropped",
+                    decoder.context.id,
+                    exc_info=True,
+                )
+                return events
+            counters.add("out", len(events) - before + (len(items) if items else 0))
+            if not items:
+                break
+        return events
+
+    def _flush_decoders(self) -> None:
+        for index, decoder in enumerate(self.decoders):
+            events: list[Event] = []
+            try:
+                forwarded = decoder.flush(events)
+            except Exception:
+                decoder.context.errors.error(
+                    "flush", "decoder %r failed to flush", decoder.context.id, exc_info=True
+                )
+                continue
+            decoder.context.counters.add("out", len(events) + (len(forwarded) if forwarded else 0))
+            if forwarded:
+                events.extend(self._decode(forwarded, index + 1))
+            self._process_and_ship(events)
+
+    def _process_and_ship(self, events: list[Event]) -> None:
+        for processor in self.processors:
+            if not events:
+                return
+            counters = processor.context.counters
+            counters.add("in", len(events))
+            try:
+                events = processor.process(events)
+            except Exception:
+                counters.drop("processor_error", len(events))
+                processor.context.errors.error(
+                    "process",
+                    "processor %r failed on a batch; its events are dropped",
+                    processor.context.id,
+                    exc_info=True,
+                )
+                return
+            counters.add("out", len(events))
+        if not events:
+            return
+        self.worker_counters.add("out", len(events))
+        for runner in self.output_runners:
+            runner.queue.put(events)
+
+
+class _OutputRunner:
+    """Feeds one output from its queue: write with retries and backoff, flush when idle."""
+
+    def __init__(self, output: Output, queue: BatchQueue) -> None:
+        self.output = output
+        self.queue = queue
+        self.counters = output.context.counters
+
+    def run(self, abort: threading.Event) -> None:
+        dirty = False
+        while True:
+            batch = self.queue.get(timeout=0.0 if dirty else 0.5)
+            if batch is None:
+                if dirty:
+                    dirty = not self._flush()
+                continue
+            if batch is END:
+                break
+            self.counters.add("in", len(batch))
+            self._deliver(batch, abort)
+            dirty = True
+        if dirty and not abort.is_set():
+            self._flush()
+
+    def _flush(self) -> bool:
+        try:
+            self.output.flush()
+            return True
+        except Exception as error:
+            self.counters.add("flush_errors")
+            self.output.context.errors.error(
+                "flush", "output %r failed to flush: %s", self.output.context.id, error
+            )
+            return False
+
+    def _deliver(self, events: list[Event], abort: threading.Event) -> None:
+        backoff = self.output.config.backoff
+        delay = backoff.init
+        context = self.output.context
+        while True:
+            try:
+                self.output.write(events)
+                self.counters.add("out", len(events))
+                return
+            except OutputError as error:
+                if not error.retryable:
+                    self.counters.drop("rejected", len(events))
+                    context.errors.error(
+                        "rejected", "output %r rejected %d events: %s", context.id, len(events), error
+                    )
+                    return
+                self.counters.add("retries")
+                context.errors.warning(
+                    "retry", "output %r failed (%s); retrying in %.1f s", context.id, error, delay
+                )
+            except Exception:
+                self.counters.drop("output_error", len(events))
+                context.errors.error("bug", "output %r failed on a batch", context.id, exc_info=True)
+                return
+            if abort.wait(delay * random.uniform(0.8, 1.2)):
+                self.counters.drop("undelivered", len(events))
+                return
+            delay = min(max(delay * 2, 0.001), backoff.max)

@@ -1,0 +1,220 @@
+"""Base classes of the pipeline stages that plugins provide.
+
+A stage class declares its options (``options``), receives them validated in ``self.config`` and
+its runtime surroundings in ``self.context``. Construction must be cheap and side-effect free;
+resources are acquired in :meth:`Stage.open` and released in :meth:`Stage.close`.
+
+Call order, for every stage: ``__init__`` -> ``open`` -> (work) -> ``close``. Each stage runs in
+exactly one thread (inputs and outputs in their own, decoders and processors in the worker), so
+a stage needs no locking of its own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+from .event import Event
+from .metrics import Counters, RateLimitedLog
+from .options import Choice, Duration, Option, Struct
+from .packet import PacketBatch
+
+__all__ = [
+    "Analyzer",
+    "Decoder",
+    "Input",
+    "InputProgress",
+    "Output",
+    "Processor",
+    "Stage",
+    "StageContext",
+]
+
+
+@dataclass
+class StageContext:
+    """What the pipeline gives a stage besides its options."""
+
+    id: str
+    """The stage's id (the ``id:`` in the pipeline file, or its type with a position)."""
+    counters: Counters
+    """This stage's ledger: count ``in``/``out`` and every drop by reason here."""
+    base_dir: Path = field(default_factory=Path.cwd)
+    """The folder of the pipeline file; relative paths in options are taken from it."""
+    batch_size: int = 256
+    """How many items an input should put in one batch."""
+    failures: list[str] = field(default_factory=list)
+    """Runtime failures reported with :meth:`fail`; any makes the run exit with status 1."""
+
+    def __post_init__(self) -> None:
+        self.log = logging.getLogger(f"flowpipe.{self.id}")
+        self.errors = RateLimitedLog(self.log)
+
+    def fail(self, message: str) -> None:
+        """Report a failure that does not stop the pipeline but makes it exit with status 1."""
+        self.failures.append(message)
+        self.log.error("%s", message)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """``path`` taken relative to the pipeline file's folder (``~`` expanded)."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+
+class Stage:
+    """Base of every stage: declared options, validated config, context, open/close."""
+
+    kind: ClassVar[str] = ""
+    """``input``, ``decoder``, ``analyzer``, ``processor`` or ``output``."""
+    options: ClassVar[tuple[Option, ...]] = ()
+    """The options this stage accepts, besides ``type`` and ``id`` (and its kind's common ones)."""
+    common_options: ClassVar[tuple[Option, ...]] = ()
+    """Options every stage of this kind accepts; the pipeline, not the stage, acts on them."""
+
+    def __init__(self, config: SimpleNamespace, context: StageContext) -> None:
+        self.config = config
+        self.context = context
+
+    @classmethod
+    def all_options(cls) -> tuple[Option, ...]:
+        """The stage's own options followed by its kind's common options."""
+        return cls.options + cls.common_options
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring: a one-line description for listings."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def open(self) -> None:
+        """Acquire resources. Raise :class:`~flowpipe.errors.StartupError` with one clear line."""
+
+    def close(self) -> None:
+        """Release resources. Called once, even after a failure in another stage."""
+
+
+@dataclass
+class InputProgress:
+    """How far an input is, for the progress bar: units done of a known total (or None)."""
+
+    packets: int
+    done_bytes: int
+    total_bytes: int | None
+
+
+class Input(Stage):
+    """Produces batches of packets (:class:`~flowpipe.packet.PacketBatch`) or of events.
+
+    :meth:`read` runs in the input's own thread and yields batches until the source ends or
+    :attr:`stopping` is set; it must check :attr:`stopping` at least every ``batch_size`` items or
+    every half second. A problem that ends one source but not the run (a truncated file) is
+    reported with ``self.context.fail``; one that prevents starting raises ``StartupError`` from
+    :meth:`open`.
+    """
+
+    kind = "input"
+    produces: ClassVar[str] = "packets"
+    """``packets`` (PacketBatch, for decoders) or ``events`` (lists of events, for processors)."""
+
+    def __init__(self, config: SimpleNamespace, context: StageContext) -> None:
+        super().__init__(config, context)
+        self.stopping = threading.Event()
+
+    def read(self) -> Iterator[PacketBatch | list[Event]]:
+        """Yield batches until the source is exhausted or :attr:`stopping` is set."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask :meth:`read` to end soon (called from another thread, e.g. on SIGINT)."""
+        self.stopping.set()
+
+    def progress(self) -> InputProgress | None:
+        """Progress for the terminal's progress bar, or None where the total is unknown."""
+        return None
+
+
+class Decoder(Stage):
+    """Turns what the previous stage forwards into events and into items for the next decoder.
+
+    Decoders form a chain in the worker (for example ``ip -> tcp -> protocol``). Each receives
+    the previous decoder's forwarded batch (the first one receives PacketBatch objects), appends
+    finished events to ``events`` and returns the batch the next decoder consumes, or None.
+    """
+
+    kind = "decoder"
+    consumes: ClassVar[str] = "packets"
+    """What this decoder takes: ``packets`` for the first in a chain, else a previous one's ``produces``."""
+    produces: ClassVar[str] = ""
+    """What :meth:`decode` forwards to a following decoder (empty: nothing)."""
+    default_order: ClassVar[int | None] = None
+    """Position in the default chain used when a pipeline has no ``decoders`` section (None: not in it)."""
+
+    downstream: bool = False
+    """Set by the pipeline: whether a later decoder consumes what this one forwards."""
+
+    def decode(self, batch: Any, events: list[Event]) -> Any:
+        """Decode one batch; append events to ``events``; return the forwarded batch or None."""
+        raise NotImplementedError
+
+    def flush(self, events: list[Event]) -> Any:
+        """End of input: finish everything in flight into ``events``; return a last forwarded batch."""
+        return None
+
+
+class Processor(Stage):
+    """Enriches, changes or filters events, a batch at a time, in the worker."""
+
+    kind = "processor"
+
+    def process(self, events: list[Event]) -> list[Event]:
+        """Return the events to pass on (the same list, changed in place, or a new one)."""
+        raise NotImplementedError
+
+
+class Output(Stage):
+    """Ships events. Runs in its own thread, fed through its own bounded queue.
+
+    :meth:`write` delivers one batch or raises :class:`~flowpipe.errors.OutputError`. The pipeline
+    retries retryable errors with exponential backoff (``backoff.init`` to ``backoff.max``) and
+    never drops events silently: a batch still undelivered at shutdown is counted as
+    ``dropped.undelivered``. Events are shared between outputs: never modify them.
+    """
+
+    kind = "output"
+    common_options = (
+        Option(
+            "on_full",
+            Choice("block", "drop"),
+            "block",
+            "when this output's queue is full: block the pipeline (backpressure) or drop and count",
+        ),
+        Option(
+            "backoff",
+            Struct(
+                Option("init", Duration(), 1.0, "first wait after a failed write"),
+                Option("max", Duration(), 60.0, "longest wait between retries"),
+            ),
+            description="retry timing after a failed write (doubles each time, with jitter)",
+        ),
+    )
+
+    def write(self, events: list[Event]) -> None:
+        """Deliver ``events``; raise OutputError when they were not delivered."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Push out anything buffered (called when the queue runs empty and at shutdown)."""
+
+
+class Analyzer(Stage):
+    """An application-protocol analyzer used by the ``protocol`` decoder (HTTP, DNS, ...).
+
+    Analyzers follow Packetbeat's contract; the ``protocol`` decoder defines the calls it makes.
+    """
+
+    kind = "analyzer"

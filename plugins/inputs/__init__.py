@@ -1,0 +1,1 @@
+"""Built-in inputs: one module per input plugin."""

@@ -1,0 +1,1 @@
+"""Built-in outputs: one module per output plugin."""

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Regenerate samples/sample.pcap: a small capture of real programs (HTTP, DNS,
+# SMTP) talking across a veth pair between two throw-away network namespaces.
+#
+# Usage: sudo samples/make_sample.sh
+#
+# Only the documentation addresses below are ever used as traffic targets:
+#   client namespace  fp-sample-cli  192.0.2.1/24  2001:db8::1/64  02:00:00:fa:00:01
+#   server namespace  fp-sample-srv  192.0.2.2/24  2001:db8::2/64  02:00:00:fa:00:02
+# Neighbour entries are static, so there is no ARP / neighbour discovery on
+# the wire; the capture filter keeps only TCP and UDP to or from the server.
+set -euo pipefail
+
+readonly CLI_NS=fp-sample-cli
+readonly SRV_NS=fp-sample-srv
+readonly CLI_IF=fp-cli0
+readonly SRV_IF=fp-srv0
+readonly CLI_MAC=02:00:00:fa:00:01
+readonly SRV_MAC=02:00:00:fa:00:02
+readonly CLI_V4=192.0.2.1
+readonly SRV_V4=192.0.2.2
+readonly CLI_V6=2001:db8::1
+readonly SRV_V6=2001:db8::2
+readonly HTTP_PORT=8000
+readonly SMTP_PORT=2525
+readonly CAPTURE_FILTER="(tcp or udp) and (host ${SRV_V4} or host ${SRV_V6})"
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+readonly OUT="${SCRIPT_DIR}/sample.pcap"
+PYTHON=${PYTHON:-python3}
+
+WORK=""
+PIDS=()
+
+log() { printf '[make_sample] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+in_cli() { ip netns exec "$CLI_NS" "$@"; }
+in_srv() { ip netns exec "$SRV_NS" "$@"; }
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    ip netns del "$CLI_NS" 2>/dev/null || true
+    ip netns del "$SRV_NS" 2>/dev/null || true
+    if [[ -n $WORK && -d $WORK ]]; then
+        if ((rc != 0)); then
+            log "server logs follow:"
+            tail -n 20 "$WORK"/*.log >&2 2>/dev/null || true
+        fi
+        rm -rf -- "$WORK"
+    fi
+    exit "$rc"
+}
+
+# --- dependencies ------------------------------------------------------------
+
+install_deps() {
+    local -A pkg_for=(
+        [tcpdump]=tcpdump [curl]=curl [dig]=dnsutils [dnsmasq]=dnsmasq-base
+        [ip]=iproute2 [ss]=iproute2 [ethtool]=ethtool [python3]=python3
+    )
+    local cmd pkgs=()
+    for cmd in "${!pkg_for[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || pkgs+=("${pkg_for[$cmd]}")
+    done
+    if ((${#pkgs[@]})); then
+        mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+        log "installing: ${pkgs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+    fi
+    if ! "$PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
+        log "installing aiosmtpd"
+        # pip first; Debian's own package where pip is missing or refuses
+        # (PEP 668 externally-managed system Python).
+        "$PYTHON" -m pip install -q aiosmtpd \
+            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-aiosmtpd
+        "$PYTHON" -c 'import aiosmtpd' || die "aiosmtpd is not importable by $PYTHON"
+    fi
+}
+
+# --- helpers -------------------------------------------------------------------
+
+# wait_for DESCRIPTION COMMAND...: poll COMMAND every 0.1 s for up to 10 s.
+wait_for() {
+    local what=$1 i
+    shift
+    for ((i = 0; i < 100; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "timed out waiting for $what"
+}
+
+# Readiness is checked with ss inside the server namespace, so the probes put
+# no packets on the wire.
+listening() { # PROTO(t|u) ADDR PORT
+    [[ -n $(in_srv ss -Hn"$1"l "src [$2]:$3") ]]
+}
+
+pcap_started() { # tcpdump wrote its file header and reported it is listening
+    [[ -s $WORK/capture.pcap ]] && grep -q 'listening on' "$WORK/tcpdump.log"
+}
+
+setup_netns() {
+    ip netns del "$CLI_NS" 2>/dev/null || true
+    ip netns del "$SRV_NS" 2>/dev/null || true
+    ip netns add "$CLI_NS"
+    ip netns add "$SRV_NS"
+    ip link add name "$CLI_IF" address "$CLI_MAC" netns "$CLI_NS" type veth \
+        peer name "$SRV_IF" address "$SRV_MAC" netns "$SRV_NS"
+
+    local ns ifc addr4 addr6 peer4 peer6 peer_mac
+    for ns in "$CLI_NS" "$SRV_NS"; do
+        if [[ $ns == "$CLI_NS" ]]; then
+            ifc=$CLI_IF addr4=$CLI_V4 addr6=$CLI_V6 peer4=$SRV_V4 peer6=$SRV_V6 peer_mac=$SRV_MAC
+        else
+            ifc=$SRV_IF addr4=$SRV_V4 addr6=$SRV_V6 peer4=$CLI_V4 peer6=$CLI_V6 peer_mac=$CLI_MAC
+        fi
+        ip -n "$ns" link set lo up
+        # No link-local address, no router solicitations: less IPv6 chatter.
+        ip -n "$ns" link set "$ifc" addrgenmode none
+        ip netns exec "$ns" sysctl -qw "net.ipv6.conf.${ifc}.router_solicitations=0"
+        # Full checksums in the frames (no partial checksum offload on veth).
+        ip netns exec "$ns" ethtool -K "$ifc" tx off >/dev/null 2>&1 || true
+        ip -n "$ns" addr add "${addr4}/24" dev "$ifc"
+        ip -n "$ns" addr add "${addr6}/64" dev "$ifc" nodad
+        ip -n "$ns" link set "$ifc" up
+        ip -n "$ns" neigh replace "$peer4" lladdr "$peer_mac" nud permanent dev "$ifc"
+        ip -n "$ns" neigh replace "$peer6" lladdr "$peer_mac" nud permanent dev "$ifc"
+    done
+}
+
+start_servers() {
+    local www=$WORK/www
+    mkdir -p "$www"
+    cat >"$www/index.html" <<'HTML'
+<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>flowpipe sample</title>
+</head>
+<body>
+  <h1>flowpipe sample server</h1>
+  <p>This page is served by python3 -m http.server inside the
+     fp-sample-srv network namespace. It is captured by tcpdump for the
+     flowpipe HTTP parser tests.</p>
+</body>
+</html>
+HTML
+    printf 'flowpipe sample: second resource for the keep-alive request\n' >"$www/about.txt"
+
+    # HTTP/1.1 so that the two-URL curl run reuses its connection.
+    in_srv "$PYTHON" -m http.server "$HTTP_PORT" --bind "$SRV_V4" \
+        --directory "$www" --protocol HTTP/1.1 >"$WORK/http4.log" 2>&1 &
+    PIDS+=("$!")
+    in_srv "$PYTHON" -m http.server "$HTTP_PORT" --bind "$SRV_V6" \
+        --directory "$www" --protocol HTTP/1.1 >"$WORK/http6.log" 2>&1 &
+    PIDS+=("$!")
+
+    in_srv dnsmasq --keep-in-foreground --conf-file=/dev/null \
+        --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" \
+        --log-queries --user=root --group=root \
+        --no-resolv --no-hosts --bind-interfaces \
+        --listen-address="$SRV_V4" --except-interface=lo --port=53 \
+        --local=/example.test/ \
+        --address=/www.example.test/192.0.2.80 \
+        --host-record=mail.example.test,192.0.2.25,2001:db8::25 \
+        --mx-host=example.test,mail.example.test,10 \
+        --txt-record=example.test,"v=spf1 mx -all" \
+        >"$WORK/dnsmasq.out" 2>&1 &
+    PIDS+=("$!")
+
+    in_srv "$PYTHON" -m aiosmtpd -n -l "${SRV_V4}:${SMTP_PORT}" >"$WORK/smtp.log" 2>&1 &
+    PIDS+=("$!")
+
+    wait_for "HTTP server on ${SRV_V4}" listening t "$SRV_V4" "$HTTP_PORT"
+    wait_for "HTTP server on ${SRV_V6}" listening t "$SRV_V6" "$HTTP_PORT"
+    wait_for "dnsmasq (udp)" listening u "$SRV_V4" 53
+    wait_for "dnsmasq (tcp)" listening t "$SRV_V4" 53
+    wait_for "SMTP server" listening t "$SRV_V4" "$SMTP_PORT"
+}
+
+start_capture() {
+    # -Z root: write the file without dropping to the tcpdump user.
+    in_cli tcpdump -i "$CLI_IF" -n -s 0 -U -Z root -w "$WORK/capture.pcap" \
+        "$CAPTURE_FILTER" >"$WORK/tcpdump.log" 2>&1 &
+    TCPDUMP_PID=$!
+    PIDS+=("$TCPDUMP_PID")
+    wait_for "tcpdump" pcap_started
+}
+
+stop_capture() {
+    sleep 0.3 # let the last FIN/ACKs cross the wire
+    kill -INT "$TCPDUMP_PID"
+    wait "$TCPDUMP_PID" || die "tcpdump exited with status $?"
+    log "tcpdump: $(grep -E 'packets (captured|dropped by kernel)' "$WORK/tcpdump.log" | paste -sd ',' -)"
+}
+
+run_clients() {
+    local base4="http://${SRV_V4}:${HTTP_PORT}"
+    local -a curl_opts=(--silent --show-error --max-time 5 --output /dev/null
+        --write-out '  %{http_code} %{url_effective} (conn #%{num_connects})\n')
+
+    log "HTTP"
+    in_cli curl "${curl_opts[@]}" "${base4}/"
+    in_cli curl "${curl_opts[@]}" "${base4}/no-such-page.html"
+    in_cli curl "${curl_opts[@]}" -g "http://[${SRV_V6}]:${HTTP_PORT}/"
+    # Two URLs in one curl run: one keep-alive connection.
+    in_cli curl "${curl_opts[@]}" "${base4}/index.html" "${base4}/about.txt"
+
+    log "DNS"
+    local -a dig_opts=(+time=2 +tries=1 +noall +answer +comments)
+    local q
+    for q in "www.example.test A" "mail.example.test AAAA" "example.test MX" \
+        "example.test TXT" "nonexistent.example.test A"; do
+        # shellcheck disable=SC2086 # name and type are split on purpose
+        in_cli dig @"$SRV_V4" "${dig_opts[@]}" $q | grep -E 'status:|IN' | sed 's/^/  /'
+    done
+    in_cli dig @"$SRV_V4" +tcp "${dig_opts[@]}" mail.example.test A | grep -E 'status:|IN' | sed 's/^/  /'
+
+    log "SMTP"
+    in_cli "$PYTHON" - "$SRV_V4" "$SMTP_PORT" <<'PY'
+import smtplib
+import sys
+from email.message import EmailMessage
+
+host, port = sys.argv[1], int(sys.argv[2])
+msg = EmailMessage()
+msg["From"] = "alice@client.example.test"
+msg["To"] = "bob@example.test, carol@example.test"
+msg["Subject"] = "flowpipe sample message"
+msg["Date"] = "Mon, 01 Jan 2024 12:00:00 +0000"
+msg["Message-ID"] = "<sample-1@client.example.test>"
+msg.set_content("Hello Bob and Carol,\n\nthis message was captured for the flowpipe SMTP tests.\n\nAlice\n")
+
+with smtplib.SMTP(host, port, local_hostname="client.example.test", timeout=5) as smtp:
+    smtp.ehlo()
+    code, _ = smtp.mail("alice@client.example.test")
+    assert code == 250, code
+    for rcpt in ("bob@example.test", "carol@example.test"):
+        code, _ = smtp.rcpt(rcpt)
+        assert code == 250, (rcpt, code)
+    code, _ = smtp.data(msg.as_bytes())
+    assert code == 250, code
+    print(f"  250 message accepted for 2 recipients")
+PY
+    # smtplib's context manager sent QUIT.
+}
+
+main() {
+    ((EUID == 0)) || die "run as root: sudo $0"
+    install_deps
+
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    WORK=$(mktemp -d /tmp/fp-sample.XXXXXX)
+
+    setup_netns
+    start_servers
+    start_capture
+    run_clients
+    stop_capture
+
+    install -m 0644 "$WORK/capture.pcap" "$OUT"
+    if [[ -n ${SUDO_UID:-} && -n ${SUDO_GID:-} ]]; then
+        chown "$SUDO_UID:$SUDO_GID" "$OUT"
+    fi
+    local count
+    count=$(tcpdump -n -r "$OUT" 2>/dev/null | wc -l)
+    log "wrote $OUT: $count packets, $(stat -c %s "$OUT") bytes"
+}
+
+main "$@"
