@@ -22,7 +22,7 @@ readonly SRV_V4=192.0.2.2
 readonly CLI_V6=2001:db8::1
 readonly SRV_V6=2001:db8::2
 readonly HTTP_PORT=8000
-readonly SMTP_PORT=2525
+readonly SMTP_PORT=25
 readonly CAPTURE_FILTER="(tcp or udp) and (host ${SRV_V4} or host ${SRV_V6})"
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -32,12 +32,25 @@ PYTHON=${PYTHON:-python3}
 
 WORK=""
 PIDS=()
+LAST_PID=""
+TCPDUMP_PID=""
 
 log() { printf '[make_sample] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 in_cli() { ip netns exec "$CLI_NS" "$@"; }
 in_srv() { ip netns exec "$SRV_NS" "$@"; }
+
+# spawn NS LOGFILE COMMAND...: run COMMAND in namespace NS in the background.
+# `ip netns exec` execs COMMAND, so $! is the program itself and signals
+# reach it directly.
+spawn() {
+    local ns=$1 logfile=$2
+    shift 2
+    ip netns exec "$ns" "$@" >"$logfile" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
 
 cleanup() {
     local rc=$? pid
@@ -80,10 +93,16 @@ install_deps() {
     if ! "$PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
         log "installing aiosmtpd"
         # pip first; Debian's own package where pip is missing or refuses
-        # (PEP 668 externally-managed system Python).
-        "$PYTHON" -m pip install -q aiosmtpd \
-            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-aiosmtpd
-        "$PYTHON" -c 'import aiosmtpd' || die "aiosmtpd is not importable by $PYTHON"
+        # (PEP 668: Debian's python3 under sudo is "externally managed").
+        local pip_out
+        if ! pip_out=$("$PYTHON" -m pip install -q aiosmtpd 2>&1); then
+            log "pip could not install aiosmtpd; trying Debian's python3-aiosmtpd"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-aiosmtpd
+        fi
+        if ! "$PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
+            printf '%s\n' "$pip_out" >&2
+            die "aiosmtpd is not importable by $PYTHON"
+        fi
     fi
 }
 
@@ -160,14 +179,12 @@ HTML
     printf 'flowpipe sample: second resource for the keep-alive request\n' >"$www/about.txt"
 
     # HTTP/1.1 so that the two-URL curl run reuses its connection.
-    in_srv "$PYTHON" -m http.server "$HTTP_PORT" --bind "$SRV_V4" \
-        --directory "$www" --protocol HTTP/1.1 >"$WORK/http4.log" 2>&1 &
-    PIDS+=("$!")
-    in_srv "$PYTHON" -m http.server "$HTTP_PORT" --bind "$SRV_V6" \
-        --directory "$www" --protocol HTTP/1.1 >"$WORK/http6.log" 2>&1 &
-    PIDS+=("$!")
+    spawn "$SRV_NS" "$WORK/http4.log" "$PYTHON" -m http.server "$HTTP_PORT" \
+        --bind "$SRV_V4" --directory "$www" --protocol HTTP/1.1
+    spawn "$SRV_NS" "$WORK/http6.log" "$PYTHON" -m http.server "$HTTP_PORT" \
+        --bind "$SRV_V6" --directory "$www" --protocol HTTP/1.1
 
-    in_srv dnsmasq --keep-in-foreground --conf-file=/dev/null \
+    spawn "$SRV_NS" "$WORK/dnsmasq.out" dnsmasq --keep-in-foreground --conf-file=/dev/null \
         --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" \
         --log-queries --user=root --group=root \
         --no-resolv --no-hosts --bind-interfaces \
@@ -176,12 +193,9 @@ HTML
         --address=/www.example.test/192.0.2.80 \
         --host-record=mail.example.test,192.0.2.25,2001:db8::25 \
         --mx-host=example.test,mail.example.test,10 \
-        --txt-record=example.test,"v=spf1 mx -all" \
-        >"$WORK/dnsmasq.out" 2>&1 &
-    PIDS+=("$!")
+        --txt-record=example.test,"v=spf1 mx -all"
 
-    in_srv "$PYTHON" -m aiosmtpd -n -l "${SRV_V4}:${SMTP_PORT}" >"$WORK/smtp.log" 2>&1 &
-    PIDS+=("$!")
+    spawn "$SRV_NS" "$WORK/smtp.log" "$PYTHON" -m aiosmtpd -n -l "${SRV_V4}:${SMTP_PORT}"
 
     wait_for "HTTP server on ${SRV_V4}" listening t "$SRV_V4" "$HTTP_PORT"
     wait_for "HTTP server on ${SRV_V6}" listening t "$SRV_V6" "$HTTP_PORT"
@@ -191,11 +205,13 @@ HTML
 }
 
 start_capture() {
-    # -Z root: write the file without dropping to the tcpdump user.
-    in_cli tcpdump -i "$CLI_IF" -n -s 0 -U -Z root -w "$WORK/capture.pcap" \
-        "$CAPTURE_FILTER" >"$WORK/tcpdump.log" 2>&1 &
-    TCPDUMP_PID=$!
-    PIDS+=("$TCPDUMP_PID")
+    # --immediate-mode: hand each packet over at once; with the default
+    # TPACKET_V3 block buffering, packets still in an unfinished block are
+    # lost when tcpdump stops. -Z root: write the file without dropping to
+    # the tcpdump user.
+    spawn "$CLI_NS" "$WORK/tcpdump.log" tcpdump -i "$CLI_IF" -n -s 0 -U \
+        --immediate-mode -Z root -w "$WORK/capture.pcap" "$CAPTURE_FILTER"
+    TCPDUMP_PID=$LAST_PID
     wait_for "tcpdump" pcap_started
 }
 
@@ -203,20 +219,27 @@ stop_capture() {
     sleep 0.3 # let the last FIN/ACKs cross the wire
     kill -INT "$TCPDUMP_PID"
     wait "$TCPDUMP_PID" || die "tcpdump exited with status $?"
+    local -a still_running=()
+    local pid
+    for pid in "${PIDS[@]}"; do
+        [[ $pid == "$TCPDUMP_PID" ]] || still_running+=("$pid")
+    done
+    PIDS=("${still_running[@]}")
     log "tcpdump: $(grep -E 'packets (captured|dropped by kernel)' "$WORK/tcpdump.log" | paste -sd ',' -)"
 }
 
 run_clients() {
     local base4="http://${SRV_V4}:${HTTP_PORT}"
-    local -a curl_opts=(--silent --show-error --max-time 5 --output /dev/null
+    local -a curl_opts=(--silent --show-error --max-time 5
         --write-out '  %{http_code} %{url_effective} (conn #%{num_connects})\n')
 
     log "HTTP"
-    in_cli curl "${curl_opts[@]}" "${base4}/"
-    in_cli curl "${curl_opts[@]}" "${base4}/no-such-page.html"
-    in_cli curl "${curl_opts[@]}" -g "http://[${SRV_V6}]:${HTTP_PORT}/"
-    # Two URLs in one curl run: one keep-alive connection.
-    in_cli curl "${curl_opts[@]}" "${base4}/index.html" "${base4}/about.txt"
+    in_cli curl "${curl_opts[@]}" -o /dev/null "${base4}/"
+    in_cli curl "${curl_opts[@]}" -o /dev/null "${base4}/no-such-page.html"
+    in_cli curl "${curl_opts[@]}" -o /dev/null -g "http://[${SRV_V6}]:${HTTP_PORT}/"
+    # Two URLs in one curl run: one keep-alive connection (conn #0 = reused).
+    in_cli curl "${curl_opts[@]}" -o /dev/null "${base4}/index.html" \
+        -o /dev/null "${base4}/about.txt"
 
     log "DNS"
     local -a dig_opts=(+time=2 +tries=1 +noall +answer +comments)
@@ -252,7 +275,7 @@ with smtplib.SMTP(host, port, local_hostname="client.example.test", timeout=5) a
         assert code == 250, (rcpt, code)
     code, _ = smtp.data(msg.as_bytes())
     assert code == 250, code
-    print(f"  250 message accepted for 2 recipients")
+    print("  250 message accepted for 2 recipients")
 PY
     # smtplib's context manager sent QUIT.
 }
@@ -278,6 +301,7 @@ main() {
     fi
     local count
     count=$(tcpdump -n -r "$OUT" 2>/dev/null | wc -l)
+    ((count > 0)) || die "the capture is empty"
     log "wrote $OUT: $count packets, $(stat -c %s "$OUT") bytes"
 }
 
