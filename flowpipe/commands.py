@@ -153,12 +153,14 @@ class _PeriodicMetrics:
 
 
 def _install_signal_handlers(pipeline: Pipeline, progress: ProgressBar | None) -> None:
+    received: list[str] = []  # signals, not pipeline.stop_requested: a failing worker also stops
+
     def handle(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if pipeline.stop_requested.is_set():
-            sys.stderr.write(f"\nflowpipe: second {name}: exiting at once\n")
-            sys.stderr.flush()
-            os._exit(130)
+        received.append(name)
+        if len(received) > 1:  # os.write: the handler may interrupt a write to sys.stderr
+            os.write(2, f"\nflowpipe: second {name}: exiting at once\n".encode())
+            os._exit(128 + signum)
         if progress is not None:
             progress.finish()
         logging.getLogger("flowpipe").warning("%s received: stopping inputs, draining", name)

@@ -196,7 +196,10 @@ class _Builder:
             )
         whole_reference = _VARIABLE.fullmatch(value) is not None and not value.startswith("$$")
         if whole_reference and node.style is None and expanded:
-            typed = yaml.safe_load(expanded)
+            try:
+                typed = yaml.safe_load(expanded)
+            except yaml.YAMLError:  # not YAML on its own (e.g. "[" or "a: b: c"): keep the text
+                return expanded
             if isinstance(typed, _PLAIN_SCALARS):
                 return typed
         return expanded
@@ -221,7 +224,11 @@ def load_document(path: str | Path, environ: Mapping[str, str] | None = None) ->
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        raise ConfigError(f"{where}: invalid YAML: {error.problem or error.context}") from None
+        problem = error.problem or error.context
+        start = error.context_mark
+        if error.problem and error.context and start is not None:  # e.g. where an unclosed quote began
+            problem += f" ({error.context} at line {start.line + 1}, column {start.column + 1})"
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{file}: invalid YAML: {error}") from None
     finally:
@@ -265,6 +272,8 @@ def apply_overrides(document: Document, overrides: list[str]) -> None:
             errors.append(f"{location}: {problem}")
             continue
         _record_locations(document, path, value, location)
+        for depth in range(1, len(path)):  # mappings and list items the override created
+            document.locations.setdefault(path[:depth], location)
     if errors:
         raise ConfigError(errors)
 
@@ -280,7 +289,7 @@ def _set_path(root: dict[str, Any], path: KeyPath, value: Any) -> str | None:
             if last:
                 node[key] = value
             else:
-                if not isinstance(node.get(key), (dict, list)):
+                if node.get(key) is None:  # missing or null: create it; any other scalar is in the way
                     node[key] = empty_child
                 node = node[key]
         elif isinstance(node, list):
@@ -292,7 +301,7 @@ def _set_path(root: dict[str, Any], path: KeyPath, value: Any) -> str | None:
                 node.append(value if last else empty_child)
             elif last:
                 node[part] = value
-            elif not isinstance(node[part], (dict, list)):
+            elif node[part] is None:
                 node[part] = empty_child
             node = node[part]
         else:
@@ -375,7 +384,7 @@ def _stage_list(
     ids: dict[str, KeyPath] = {}
     type_counts: dict[str, int] = {}
     for entry in entries:
-        if isinstance(entry, dict) and isinstance(entry.get("type"), str):
+        if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry.get("id") is None:
             type_counts[entry["type"]] = type_counts.get(entry["type"], 0) + 1
     for index, entry in enumerate(entries):
         path: KeyPath = (key, index)
@@ -387,7 +396,7 @@ def _stage_list(
             errors.append(document.error(path, f"missing required key 'type' (the {kind} plugin)"))
             continue
         if not isinstance(type_name, str):
-            errors.append(document.error((*path, "type"), f"expected a {kind} name, got {type_name!r}"))
+            errors.append(document.error((*path, "type"), f"expected a plugin name, got {type_name!r}"))
             continue
         info = registry.get(kind, type_name)
         if info is None:
@@ -471,9 +480,8 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     errors: list[str] = []
     for key in data:
         if key not in TOP_LEVEL:
-            errors.append(
-                document.error((key,), f"unknown top-level key{_did_you_mean(key, list(TOP_LEVEL))}")
-            )
+            hint = _did_you_mean(key, list(TOP_LEVEL)) or f"; known keys: {', '.join(TOP_LEVEL)}"
+            errors.append(document.error((key,), f"unknown top-level key{hint}"))
 
     plugins = data.get("plugins") or []
     base_dir = Path(document.file).resolve().parent
@@ -486,18 +494,24 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
         except PluginError as error:
             errors.append(document.error(("plugins", index), str(error)))
 
-    try:
-        sections = {name: _section(document, name, errors) for name in SECTIONS}
-        stage_lists = {key: _stage_list(document, key, registry, errors) for key in STAGE_LISTS}
+    sections: dict[str, SimpleNamespace] = {}
+    stage_lists: dict[str, list[StageSpec] | None] = {}
+    position = {key: index for index, key in enumerate(data)}
+    try:  # in file order, so errors come out in file order
+        for name in sorted((*SECTIONS, *STAGE_LISTS), key=lambda name: position.get(name, -1)):
+            if name in SECTIONS:
+                sections[name] = _section(document, name, errors)
+            else:
+                stage_lists[name] = _stage_list(document, name, registry, errors)
     except PluginError as error:
         raise ConfigError(str(error)) from error
 
     if sections["pipeline"].workers > 1:
         errors.append(document.error(("pipeline", "workers"), "only 1 worker is supported in this version"))
     for required in ("inputs", "outputs"):
-        if not stage_lists[required] and required not in data:
+        if required not in data:
             errors.append(document.error((), f"missing required section '{required}'"))
-        elif not stage_lists[required] and isinstance(data.get(required), list) and not data[required]:
+        elif data[required] is None or data[required] == []:
             errors.append(document.error((required,), f"at least one {STAGE_LISTS[required]} is needed"))
 
     decoders = stage_lists["decoders"]

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .errors import ConfigError, StartupError
+
 __all__ = ["Counters", "MetricsServer", "RateLimitedLog", "render_prometheus"]
 
 DROPPED = "dropped."
@@ -124,7 +126,12 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 return
 
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"metrics.http: expected host:port, got {address!r}")
+        try:
+            self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        except OSError as error:
+            raise StartupError(f"metrics.http {address}: cannot listen: {error.strerror or error}") from None
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
 

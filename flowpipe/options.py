@@ -301,29 +301,39 @@ class Option:
 def _suggest(key: str, known: Iterable[str]) -> str:
     import difflib
 
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    names = list(known)
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; known options: {', '.join(names)}" if names else ""
 
 
 def validate_options(options: Iterable[Option], values: Mapping[str, Any]) -> list[OptionError]:
     """Check ``values`` against ``options``; return every error with its key path."""
     declared = {option.name: option for option in options}
     errors: list[OptionError] = []
-    for key in values:
-        if key not in declared:
-            errors.append(OptionError(f"unknown option{_suggest(str(key), declared)}", (key,)))
     for name, option in declared.items():
-        if name not in values:
-            if option.required:
-                errors.append(OptionError("missing required option", (name,)))
+        if name in values:
             continue
-        value = values[name]
-        if value is None and option.default is None and not option.required:
+        if option.required:
+            errors.append(OptionError("missing required option", (name,)))
+        elif isinstance(option.type, Struct) and option.default is _MISSING:  # its required options
+            nested = validate_options(option.type.options, {})
+            errors.extend(OptionError(error.message, (name, *error.path)) for error in nested)
+    for key, value in values.items():  # in file order, so errors come out in file order
+        option = declared.get(key)
+        if option is None:
+            errors.append(OptionError(f"unknown option{_suggest(str(key), declared)}", (key,)))
+        elif value is None and option.default is None and not option.required:
             continue
-        try:
-            option.type.convert(value)
-        except OptionError as error:
-            errors.append(OptionError(error.message, (name, *error.path)))
+        elif isinstance(option.type, Struct) and (value is None or isinstance(value, Mapping)):
+            nested = validate_options(option.type.options, value or {})  # every error inside
+            errors.extend(OptionError(error.message, (key, *error.path)) for error in nested)
+        else:
+            try:
+                option.type.convert(value)
+            except OptionError as error:
+                errors.append(OptionError(error.message, (key, *error.path)))
     return errors
 
 

@@ -7,8 +7,8 @@ Threads and queues::
 
 End of input (or :meth:`Pipeline.request_stop`, on SIGINT/SIGTERM) drains every queue, flushes
 the decoders (what is in flight becomes events), then the outputs, and closes every stage. If the
-drain takes longer than ``pipeline.shutdown_timeout``, what is still queued or being retried is
-counted as ``dropped.undelivered`` and the run fails (exit status 1).
+drain takes longer than ``pipeline.shutdown_timeout``, what is still queued, being written or
+being retried is counted as ``dropped.undelivered`` and the run fails (exit status 1).
 """
 
 from __future__ import annotations
@@ -171,15 +171,17 @@ class Pipeline:
             time.sleep(interval)
 
     def _give_up(self) -> None:
-        undelivered = self.input_queue.close()
-        self.abort.set()
+        self.abort.set()  # first, so the worker does not flush decoders into closing queues
+        self.input_queue.close()
         for runner in self.output_runners:
-            undelivered += runner.queue.close()
+            runner.queue.close()
+            runner.abandon()
         for thread in self._threads:
             thread.join(1.0)
+        undelivered = sum(counters.drops().get("undelivered", 0) for counters in self.all_counters())
         self.failures.append(
             f"shutdown timeout ({self.spec.settings.shutdown_timeout:g} s) reached: "
-            f"{undelivered} queued items and any batch still being retried were not delivered"
+            f"{undelivered:,} queued or in-flight items were not delivered (dropped.undelivered)"
         )
         log.error("%s", self.failures[-1])
 
@@ -236,6 +238,11 @@ class Pipeline:
                 self._process_and_ship(events)
             if not self.abort.is_set():
                 self._flush_decoders()
+        except Exception as error:  # a bug (e.g. a processor returning None): fail the run, don't hang it
+            log.exception("worker failed")
+            self.failures.append(f"worker failed: {type(error).__name__}: {error}")
+            self.request_stop()
+            self.input_queue.close()  # unblock the inputs; what is queued counts as undelivered
         finally:
             for runner in self.output_runners:
                 runner.queue.end()
@@ -285,7 +292,8 @@ class Pipeline:
             counters = processor.context.counters
             counters.add("in", len(events))
             try:
-                events = processor.process(events)
+                processed = processor.process(events)
+                counters.add("out", len(processed))  # inside: a result without len() is its failure
             except Exception:
                 counters.drop("processor_error", len(events))
                 processor.context.errors.error(
@@ -295,7 +303,7 @@ class Pipeline:
                     exc_info=True,
                 )
                 return
-            counters.add("out", len(events))
+            events = processed
         if not events:
             return
         self.worker_counters.add("out", len(events))
@@ -304,12 +312,44 @@ class Pipeline:
 
 
 class _OutputRunner:
-    """Feeds one output from its queue: write with retries and backoff, flush when idle."""
+    """Feeds one output from its queue: write with retries and backoff, flush when idle.
+
+    Every batch taken counts ``in`` and, once settled, exactly one of ``out``, ``dropped.rejected``,
+    ``dropped.output_error`` or ``dropped.undelivered``. :meth:`abandon` (shutdown timeout) settles
+    the batch being written as undelivered from another thread; the lock makes sure a write that
+    returns afterwards is not counted a second time.
+    """
 
     def __init__(self, output: Output, queue: BatchQueue) -> None:
         self.output = output
         self.queue = queue
         self.counters = output.context.counters
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """Stop counting outcomes: the batch still being written or retried is undelivered."""
+        with self._lock:
+            self._abandoned = True
+            if self._in_flight:
+                self.counters.drop("undelivered", self._in_flight)
+                self._in_flight = 0
+
+    def _begin(self, count: int) -> bool:
+        with self._lock:
+            self.counters.add("in", count)
+            if self._abandoned:
+                self.counters.drop("undelivered", count)
+                return False
+            self._in_flight = count
+            return True
+
+    def _settle(self, counter: str, count: int) -> None:
+        with self._lock:
+            if not self._abandoned:
+                self.counters.add(counter, count)
+            self._in_flight = 0
 
     def run(self, abort: threading.Event) -> None:
         dirty = False
@@ -321,7 +361,6 @@ class _OutputRunner:
                 continue
             if batch is END:
                 break
-            self.counters.add("in", len(batch))
             self._deliver(batch, abort)
             dirty = True
         if dirty and not abort.is_set():
@@ -339,17 +378,19 @@ class _OutputRunner:
             return False
 
     def _deliver(self, events: list[Event], abort: threading.Event) -> None:
+        if not self._begin(len(events)):
+            return
         backoff = self.output.config.backoff
         delay = backoff.init
         context = self.output.context
         while True:
             try:
                 self.output.write(events)
-                self.counters.add("out", len(events))
+                self._settle("out", len(events))
                 return
             except OutputError as error:
                 if not error.retryable:
-                    self.counters.drop("rejected", len(events))
+                    self._settle("dropped.rejected", len(events))
                     context.errors.error(
                         "rejected", "output %r rejected %d events: %s", context.id, len(events), error
                     )
@@ -359,10 +400,10 @@ class _OutputRunner:
                     "retry", "output %r failed (%s); retrying in %.1f s", context.id, error, delay
                 )
             except Exception:
-                self.counters.drop("output_error", len(events))
+                self._settle("dropped.output_error", len(events))
                 context.errors.error("bug", "output %r failed on a batch", context.id, exc_info=True)
                 return
             if abort.wait(delay * random.uniform(0.8, 1.2)):
-                self.counters.drop("undelivered", len(events))
+                self._settle("dropped.undelivered", len(events))
                 return
             delay = min(max(delay * 2, 0.001), backoff.max)

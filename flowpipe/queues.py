@@ -4,6 +4,11 @@ A queue holds at most ``max_batches`` batches and about ``max_bytes`` bytes (a s
 than ``max_bytes`` is still accepted into an empty queue, so nothing can wedge). When full, a
 ``block`` queue makes the producer wait (backpressure); a ``drop`` queue refuses the batch and
 counts its items as ``dropped.queue_full``. The end of the stream is a :data:`END` marker.
+
+Counters: ``in`` counts every item offered, ``out`` every item taken, and each item refused or
+abandoned is dropped by reason (``queue_full``; ``undelivered`` when :meth:`BatchQueue.close`
+discards it or it is offered to a closed queue), so ``in == out + dropped + items held`` at any
+time. Gauges: ``depth_batches`` and ``depth_bytes`` held.
 """
 
 from __future__ import annotations
@@ -79,16 +84,17 @@ class BatchQueue:
         items = len(batch) if count is None else count
         with self._lock:
             if self._full() and self.on_full == "drop":
+                self.counters.add("in", items)
                 self.counters.drop("queue_full", items)
                 return False
             while self._full() and not self._closed:
                 self._not_full.wait()
+            self.counters.add("in", items)  # only now: a blocked batch is not yet "in"
             if self._closed:
-                self.counters.drop("queue_closed", items)
+                self.counters.drop("undelivered", items)
                 return False
             self._items.append((batch, size, items))
             self._bytes += size
-            self.counters.add("in", items)
             self._update_gauges()
             self._not_empty.notify()
         return True

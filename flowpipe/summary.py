@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 from .errors import EXIT_OK, EXIT_RUNTIME
 from .metrics import Counters
 
-__all__ = ["Summary"]
+__all__ = ["DECODE_ERROR_REASONS", "Summary"]
+
+DECODE_ERROR_REASONS = ("malformed", "parse_error", "decoder_error")
+"""Decoder drop reasons (and their ``reason.detail`` forms) that count as decode errors; other
+decoder drops (``not_ip``, caps, gaps) are deliberate and only appear with their stage."""
 
 
 def _number(value: int) -> str:
@@ -46,6 +50,16 @@ class Summary:
         return sum(counters.dropped_total() for counters in every)
 
     @property
+    def decode_errors(self) -> int:
+        """Items decoders could not decode (see :data:`DECODE_ERROR_REASONS`)."""
+        return sum(
+            count
+            for counters in self.decoders
+            for reason, count in counters.drops().items()
+            if reason.split(".", 1)[0] in DECODE_ERROR_REASONS
+        )
+
+    @property
     def exit_status(self) -> int:
         return EXIT_RUNTIME if self.failures else EXIT_OK
 
@@ -60,7 +74,7 @@ class Summary:
         lines = [
             f"flowpipe: finished in {self.elapsed:.2f} s: {_number(self.packets)} packets read "
             f"({_number(int(rate))} packets/s); events shipped: {shipped or 'none'}; "
-            f"dropped {_number(self.dropped)}"
+            f"dropped {_number(self.dropped)}; decode errors {_number(self.decode_errors)}"
         ]
         for kind, group in (
             ("input", self.inputs),
