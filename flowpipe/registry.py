@@ -11,6 +11,7 @@ provides every stage and can name both packages when two claim the same name.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -88,13 +89,23 @@ class Registry:
             self.manager.register(module, name=name)
         except (ValueError, pluggy.PluginValidationError) as error:
             raise PluginError(f"cannot register {provider.describe()}: {error}") from None
+        unknown = _unknown_hooks(self.manager, module)
+        if unknown:  # pluggy ignores them: a misspelt hook would silently contribute nothing
+            self.manager.unregister(module)
+            raise PluginError(f"cannot register {provider.describe()}: {'; '.join(unknown)}")
         self._providers[name] = provider
         self._contributions = None
 
     def load_entry_points(self) -> None:
-        """Load every module declared under the ``flowpipe`` entry-point group."""
+        """Load every module declared under the ``flowpipe`` entry-point group.
+
+        Plugins load in the order of package name, then entry-point name (not the order of
+        directory listings), so the same installation always gives the same messages.
+        """
         seen: set[tuple[str, str]] = set()
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry_point in sorted(
+            importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=_entry_point_order
+        ):
             dist = entry_point.dist
             package = dist.metadata["Name"] if dist is not None else "(unknown)"
             version = dist.version if dist is not None else ""
@@ -126,7 +137,7 @@ class Registry:
         contributions: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in KINDS}
         for kind, hook_name in hookspecs.KIND_HOOKS.items():
             caller = getattr(self.manager.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):  # registration order
+            for impl in caller.get_hookimpls():  # registration order
                 provider = self._providers.get(impl.plugin_name, Provider(impl.plugin_name, "?", ""))
                 try:
                     contributed = impl.function() or {}
@@ -134,6 +145,13 @@ class Registry:
                     raise PluginError(
                         f"{provider.describe()} failed in {hook_name}: {type(error).__name__}: {error}"
                     ) from error
+                if not isinstance(contributed, dict) or not all(
+                    isinstance(name, str) and isinstance(cls, type) for name, cls in contributed.items()
+                ):
+                    raise PluginError(
+                        f"{provider.describe()}: {hook_name} must return a dict of names to classes, "
+                        f"got {contributed!r}"
+                    )
                 for name, cls in contributed.items():
                     known = contributions[kind].get(name)
                     if known is not None and known.cls is not cls:
@@ -161,6 +179,27 @@ class Registry:
     def find(self, name: str) -> list[PluginInfo]:
         """Every contribution called ``name``, whatever its kind."""
         return [info for info in self.all() if info.name == name]
+
+
+def _entry_point_order(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = entry_point.dist
+    return ((dist.metadata["Name"] or "").lower() if dist is not None else "", entry_point.name)
+
+
+def _unknown_hooks(manager: pluggy.PluginManager, module: object) -> list[str]:
+    """A problem per hook implementation of ``module`` that no flowpipe hookspec declares."""
+    hooks = [name for name in vars(hookspecs) if name.startswith("flowpipe_")]
+    return [
+        f"unknown hook {caller.name!r}{_did_you_mean(caller.name, hooks)}"
+        for caller in manager.get_hookcallers(module) or ()
+        if not caller.has_spec()
+        and any(impl.plugin is module and not impl.optionalhook for impl in caller.get_hookimpls())
+    ]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _import_local(spec: str, base_dir: Path) -> ModuleType:

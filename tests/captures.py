@@ -7,8 +7,10 @@ ones of its own. Transport checksums are filled in by dpkt when the IP layer is 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import dpkt
 
@@ -16,8 +18,23 @@ __all__ = [
     "ETH_DST",
     "ETH_SRC",
     "LINKTYPE_ETHERNET",
+    "LINKTYPE_IPV4",
+    "LINKTYPE_IPV6",
+    "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_LINUX_SLL2",
+    "LINKTYPE_LOOP",
+    "LINKTYPE_NULL",
+    "LINKTYPE_RAW",
     "ethernet",
+    "icmp",
+    "icmp6",
     "ip_packet",
+    "ipv6_fragment_header",
+    "ipv6_options_header",
+    "ipv6_packet",
+    "linux_sll",
+    "linux_sll2",
+    "loopback",
     "tcp",
     "tcp_frame",
     "udp",
@@ -27,6 +44,14 @@ __all__ = [
 ]
 
 LINKTYPE_ETHERNET = dpkt.pcap.DLT_EN10MB
+LINKTYPE_NULL = 0
+LINKTYPE_RAW = 101
+"""Raw IP as written in files (libpcap hands it to programs as DLT_RAW, 12 on most systems)."""
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
 ETH_SRC = bytes.fromhex("020000000001")
 ETH_DST = bytes.fromhex("020000000002")
 
@@ -73,9 +98,28 @@ def udp(sport: int, dport: int, data: bytes = b""):
     return dpkt.udp.UDP(sport=sport, dport=dport, ulen=8 + len(data), data=data)
 
 
+def icmp(type_: int, code: int = 0, data: bytes = b"\x00\x01\x00\x01") -> dpkt.icmp.ICMP:
+    """An ICMP message (``data``: the bytes after the checksum, e.g. echo identifier and sequence)."""
+    return dpkt.icmp.ICMP(type=type_, code=code, data=data)
+
+
+def icmp6(type_: int, code: int = 0, data: bytes = b"\x00\x01\x00\x01") -> dpkt.icmp6.ICMP6:
+    """An ICMPv6 message (``data``: the bytes after the checksum)."""
+    return dpkt.icmp6.ICMP6(type=type_, code=code, data=data)
+
+
+_IP_PROTOCOLS = {
+    dpkt.tcp.TCP: dpkt.ip.IP_PROTO_TCP,
+    dpkt.udp.UDP: dpkt.ip.IP_PROTO_UDP,
+    dpkt.icmp.ICMP: dpkt.ip.IP_PROTO_ICMP,
+    dpkt.icmp6.ICMP6: dpkt.ip.IP_PROTO_ICMP6,
+}
+
+
 def ip_packet(src: str, dst: str, transport: dpkt.Packet, ttl: int = 64) -> dpkt.Packet:
-    """An IPv4 or IPv6 packet (chosen from the address family) carrying a TCP/UDP ``transport``."""
-    protocol = dpkt.ip.IP_PROTO_TCP if isinstance(transport, dpkt.tcp.TCP) else dpkt.ip.IP_PROTO_UDP
+    """An IPv4 or IPv6 packet (chosen from the address family) carrying a TCP, UDP, ICMP or
+    ICMPv6 ``transport``."""
+    protocol = _IP_PROTOCOLS[type(transport)]
     source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if source.version == 4:
         return dpkt.ip.IP(src=source.packed, dst=destination.packed, p=protocol, ttl=ttl, data=transport)
@@ -84,15 +128,101 @@ def ip_packet(src: str, dst: str, transport: dpkt.Packet, ttl: int = 64) -> dpkt
     return packet
 
 
+def _ethertype(payload: dpkt.Packet | bytes) -> int:
+    """IPv6's EtherType for an IPv6 packet (dpkt's, or raw bytes starting with version 6), else IPv4's."""
+    if isinstance(payload, dpkt.ip6.IP6) or (
+        isinstance(payload, bytes) and payload[:1] and payload[0] >> 4 == 6
+    ):
+        return dpkt.ethernet.ETH_TYPE_IP6
+    return dpkt.ethernet.ETH_TYPE_IP
+
+
 def ethernet(
-    payload: dpkt.Packet | bytes, ethertype: int | None = None, src: bytes = ETH_SRC, dst: bytes = ETH_DST
+    payload: dpkt.Packet | bytes,
+    ethertype: int | None = None,
+    src: bytes = ETH_SRC,
+    dst: bytes = ETH_DST,
+    vlans: Sequence[int] = (),
 ) -> bytes:
-    """An Ethernet II frame; the EtherType defaults to IPv4 or IPv6 from ``payload``'s type."""
+    """An Ethernet II frame; the EtherType defaults to IPv4 or IPv6 from ``payload``.
+
+    ``vlans``: VLAN ids of 802.1Q tags, outermost first; with several (QinQ) the outer ones are
+    802.1ad service tags (TPID 0x88a8) and the innermost an 802.1Q tag (TPID 0x8100).
+    """
     if ethertype is None:
-        ethertype = (
-            dpkt.ethernet.ETH_TYPE_IP6 if isinstance(payload, dpkt.ip6.IP6) else dpkt.ethernet.ETH_TYPE_IP
-        )
-    return bytes(dpkt.ethernet.Ethernet(src=src, dst=dst, type=ethertype, data=payload))
+        ethertype = _ethertype(payload)
+    tags = b"".join(
+        struct.pack("!HH", 0x8100 if index == len(vlans) - 1 else 0x88A8, vlan)
+        for index, vlan in enumerate(vlans)
+    )
+    # Packed by hand: dpkt would parse a bytes payload and trim it to the IP total length.
+    return dst + src + tags + struct.pack("!H", ethertype) + bytes(payload)
+
+
+def linux_sll(payload: dpkt.Packet | bytes, protocol: int | None = None, src: bytes = ETH_SRC) -> bytes:
+    """A Linux cooked (SLL) frame, as received from ``src``; the protocol defaults as in :func:`ethernet`."""
+    protocol = _ethertype(payload) if protocol is None else protocol
+    return struct.pack("!HHH8sH", 0, 1, 6, src, protocol) + bytes(payload)
+
+
+def linux_sll2(payload: dpkt.Packet | bytes, protocol: int | None = None, src: bytes = ETH_SRC) -> bytes:
+    """A Linux cooked v2 (SLL2) frame on interface 1, received from ``src``."""
+    protocol = _ethertype(payload) if protocol is None else protocol
+    return struct.pack("!HHiHBB8s", protocol, 0, 1, 1, 0, 6, src) + bytes(payload)
+
+
+def loopback(
+    payload: dpkt.Packet | bytes, family: int | None = None, byteorder: Literal["little", "big"] = "little"
+) -> bytes:
+    """A BSD null/loopback frame: the address family in 4 bytes, then the packet.
+
+    The family defaults to 2 (AF_INET) or 24 (AF_INET6 of NetBSD/OpenBSD). ``byteorder``: the
+    capturing host's for LINKTYPE_NULL, ``"big"`` for LINKTYPE_LOOP.
+    """
+    if family is None:
+        family = 24 if _ethertype(payload) == dpkt.ethernet.ETH_TYPE_IP6 else 2
+    return family.to_bytes(4, byteorder) + bytes(payload)
+
+
+def ipv6_packet(
+    src: str,
+    dst: str,
+    next_header: int,
+    payload: bytes,
+    hop_limit: int = 64,
+    payload_length: int | None = None,
+) -> bytes:
+    """A raw IPv6 packet: a 40-byte header and ``payload`` (extension headers included, as bytes).
+
+    ``payload_length`` overrides the header's payload length (default: ``len(payload)``).
+    """
+    length = len(payload) if payload_length is None else payload_length
+    header = struct.pack(
+        "!IHBB16s16s",
+        6 << 28,
+        length,
+        next_header,
+        hop_limit,
+        ipaddress.IPv6Address(src).packed,
+        ipaddress.IPv6Address(dst).packed,
+    )
+    return header + payload
+
+
+def ipv6_options_header(next_header: int, length: int = 8) -> bytes:
+    """A hop-by-hop or destination options header of ``length`` bytes (a multiple of 8), PadN-filled."""
+    if length % 8 or length < 8:
+        raise ValueError(f"an options header is a multiple of 8 bytes, not {length}")
+    return struct.pack("!BBBB", next_header, length // 8 - 1, 1, length - 4) + bytes(length - 4)
+
+
+def ipv6_fragment_header(
+    next_header: int, offset: int = 0, more: bool = False, identification: int = 1
+) -> bytes:
+    """An IPv6 fragment header; ``offset`` in bytes (a multiple of 8)."""
+    if offset % 8:
+        raise ValueError(f"a fragment offset is a multiple of 8 bytes, not {offset}")
+    return struct.pack("!BBHI", next_header, 0, offset | int(more), identification)
 
 
 def tcp_frame(src: str, dst: str, sport: int, dport: int, data: bytes = b"", **fields: int) -> bytes:

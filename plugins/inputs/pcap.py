@@ -1,11 +1,42 @@
-"""The ``pcap`` input: packets from pcap/pcapng files through libpcap (pcapy-ng).
+"""The ``pcap`` input: packets from pcap and pcapng files, read through libpcap (pcapy-ng).
 
-Files are read as fast as possible by default; ``realtime: true`` paces them by their capture
-timestamps (scaled by ``speed``), as Packetbeat's file replay does. ``loop`` replays the files.
+Options:
+
+``files``
+    Capture files or glob patterns (``*``, ``?``, ``[...]``, ``**`` for any depth), relative to
+    the pipeline file. They are read in the order given; the files a pattern matches are read in
+    name order. A file named twice is read once.
+``bpf_filter``
+    A BPF filter in tcpdump syntax; only the packets it matches are read.
+``realtime``
+    ``false`` (the default) reads as fast as the pipeline takes packets. ``true`` paces packets by
+    their capture timestamps, as they were captured: each file is replayed from its first packet,
+    and files (and loop rounds) follow one another without a pause. A stop (SIGINT, SIGTERM) ends
+    a wait at once.
+``speed``
+    With ``realtime``: the replay speed factor (``2.0`` replays in half the capture's time).
+``loop``
+    How many times to read the files (``0``: forever, until stopped).
+
+Any file, pcap (microsecond or nanosecond) or pcapng, of any link type libpcap reads is accepted;
+each batch carries the link type libpcap reports for the file (its ``DLT_`` value, e.g. 12 for
+raw IP). Timestamps have microsecond precision.
+
+On a terminal, ``flowpipe run`` shows a progress bar from :meth:`PcapInput.progress`: packets
+delivered, bytes read of the total (the files' sizes times ``loop``; no total with ``loop: 0``),
+rate and ETA. Bytes read is the file's read position, so it is right for pcapng and with
+``bpf_filter`` too; with ``realtime`` it moves as the paced packets leave.
+
+Start-up errors (exit status 1, one line naming the file, nothing is read): no file matches a
+pattern, a file is missing or unreadable, a file is not a capture (libpcap's "unknown file
+format"; an empty file; a file cut inside its file header), or ``bpf_filter`` does not compile
+(bad syntax, or not valid for a file's link type).
 
 A truncated or corrupt file ends that file, not the run: every packet before the damage is
-delivered, the error names the file and the byte offset of the first damaged record, the next
-file is read, and the run exits with status 1.
+delivered and processed, then the failure is reported with the file and the byte offset where the
+first unreadable record (pcap) or block (pcapng) starts, the next file is read, and the run exits
+with status 1. With ``loop``, a damaged file is replayed up to its damage each round and reported
+once.
 """
 
 from __future__ import annotations
@@ -13,8 +44,10 @@ from __future__ import annotations
 import glob
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from threading import Event
+from typing import Any
 
 import pcapy
 
@@ -34,8 +67,7 @@ from flowpipe import (
 
 from .pcapfile import locate_damage
 
-PCAP_RECORD_HEADER = 16
-PCAP_FILE_HEADER = 24
+GLOB_CHARACTERS = frozenset("*?[")
 
 
 class PcapInput(Input):
@@ -46,7 +78,7 @@ class PcapInput(Input):
             "files",
             ListOf(Str(nonempty=True), min_items=1),
             required=True,
-            description="capture files or glob patterns, read in the order given",
+            description="capture files or glob patterns, read in the order given (a pattern's in name order)",
         ),
         Option("bpf_filter", Str(), None, "BPF filter expression applied while reading (tcpdump syntax)"),
         Option(
@@ -66,159 +98,207 @@ class PcapInput(Input):
 
     def open(self) -> None:
         self.paths = self._expand(self.config.files)
-        self.total_bytes = sum(path.stat().st_size for path in self.paths)
-        self.done_bytes = 0
-        self.packets = 0
+        self.sizes = [path.stat().st_size for path in self.paths]
+        self.packets = 0  # delivered so far (those that pass bpf_filter)
+        self.done_bytes = 0  # of the files, read so far over every loop round
+        self.reported_files: set[Path] = set()  # damage is reported once per file, not per round
         for path in self.paths:  # fail at start, not half-way, on an unreadable file or bad filter
             self._open_reader(path).close()
 
-    def _expand(self, patterns: list[str]) -> list[Path]:
-        paths: list[Path] = []
+    def _expand(self, patterns: Iterable[str]) -> list[Path]:
+        paths: dict[Path, None] = {}  # ordered, without repeats
         for pattern in patterns:
             resolved = self.context.resolve_path(pattern)
-            if glob.has_magic(pattern):
-                matches = sorted(Path(match) for match in glob.glob(str(resolved)))
+            if GLOB_CHARACTERS.intersection(pattern):
+                matches = sorted(
+                    path for path in map(Path, glob.glob(str(resolved), recursive=True)) if path.is_file()
+                )
                 if not matches:
                     raise StartupError(f"pcap input {self.context.id!r}: no file matches {pattern!r}")
-                paths.extend(matches)
+                paths.update(dict.fromkeys(matches))
             elif not resolved.is_file():
                 raise StartupError(f"pcap input {self.context.id!r}: no such file: {resolved}")
             elif not os.access(resolved, os.R_OK):
                 raise StartupError(f"pcap input {self.context.id!r}: permission denied: {resolved}")
             else:
-                paths.append(resolved)
-        return paths
+                paths[resolved] = None
+        return list(paths)
 
-    def _open_reader(self, path: Path) -> pcapy.Reader:
+    def _open_reader(self, path: Path) -> Any:  # a pcapy Reader: pcapy does not export the type
+        where = f"pcap input {self.context.id!r}: {path}"
+        try:
+            empty = path.stat().st_size == 0
+        except OSError as error:  # gone since the patterns were expanded
+            raise StartupError(f"{where}: {error.strerror}") from None
+        if empty:
+            raise StartupError(f"{where}: empty file, not a capture")
         try:
             reader = pcapy.open_offline(str(path))
         except pcapy.PcapError as error:
-            raise StartupError(f"pcap input {self.context.id!r}: {path}: {error}") from None
+            raise StartupError(f"{where}: not a readable pcap or pcapng file: {error}") from None
         if self.config.bpf_filter:
             try:
                 reader.setfilter(self.config.bpf_filter)
             except pcapy.PcapError as error:
                 reader.close()
-                raise StartupError(
-                    f"pcap input {self.context.id!r}: bpf_filter {self.config.bpf_filter!r}: {error}"
-                ) from None
+                raise StartupError(f"{where}: bpf_filter {self.config.bpf_filter!r}: {error}") from None
         return reader
 
     def progress(self) -> InputProgress:
-        return InputProgress(
-            self.packets,
-            self.done_bytes,
-            self.total_bytes * max(self.config.loop, 1) if self.config.loop else None,
-        )
+        total = sum(self.sizes) * self.config.loop if self.config.loop else None
+        return InputProgress(self.packets, self.done_bytes, total)
 
     def read(self) -> Iterator[PacketBatch]:
+        pacer = _Pacer(self.config.speed, self.stopping) if self.config.realtime else None
         rounds = 0
-        pacer = _Pacer(self.config.speed) if self.config.realtime else None
-        while not self.stopping.is_set() and (self.config.loop == 0 or rounds < self.config.loop):
+        while self.config.loop == 0 or rounds < self.config.loop:
             rounds += 1
-            for path in self.paths:
+            for path, size in zip(self.paths, self.sizes, strict=True):
                 if self.stopping.is_set():
                     return
-                yield from self._read_file(path, pacer)
+                finished_bytes = self.done_bytes
+                yield from self._read_file(path, pacer, finished_bytes)
+                self.done_bytes = finished_bytes + size
 
-    def _read_file(self, path: Path, pacer: _Pacer | None) -> Iterator[PacketBatch]:
-        reader = self._open_reader(path)
+    def _read_file(self, path: Path, pacer: _Pacer | None, finished_bytes: int) -> Iterator[PacketBatch]:
+        try:
+            reader = self._open_reader(path)
+        except StartupError as error:  # the file changed since open()
+            self._report_once(path, str(error))
+            return
+        if pacer is not None:
+            pacer.restart()
         link_type = reader.datalink()
+        next_packet = reader.next
+        descriptor = reader.getfd()  # its read position (past libpcap's buffer) tells the progress
         batch_size = self.context.batch_size
-        stopping = self.stopping
-        filtered = bool(self.config.bpf_filter)
-        packets_in_file = 0
-        offset = PCAP_FILE_HEADER
         source = str(path)
+        read_in_file = 0
+        position = 0
         try:
             while True:
                 batch = PacketBatch(link_type, source)
-                timestamps, frames, wire_lengths = batch.timestamps, batch.frames, batch.wire_lengths
-                nbytes = 0
+                add_timestamp = batch.timestamps.append
+                add_frame = batch.frames.append
+                add_wire_length = batch.wire_lengths.append
+                damage = None
                 try:
-                    while len(frames) < batch_size:
-                        header, frame = reader.next()
+                    for _ in range(batch_size):
+                        header, frame = next_packet()
                         if header is None:
                             break
                         seconds, micros = header.getts()
-                        timestamps.append(seconds + micros * 1e-6)
-                        frames.append(frame)
-                        wire_lengths.append(header.getlen())
-                        nbytes += len(frame)
+                        add_timestamp(seconds + micros * 1e-6)
+                        add_frame(frame)
+                        add_wire_length(header.getlen())
                 except pcapy.PcapError as error:
-                    batch.nbytes = nbytes
-                    packets_in_file += len(frames)
-                    yield from self._deliver(batch, pacer)
-                    self._report_damage(
-                        path,
-                        packets_in_file,
-                        filtered,
-                        offset + nbytes + PCAP_RECORD_HEADER * len(frames),
-                        error,
+                    damage = error
+                count = len(batch.frames)
+                read_in_file += count
+                batch.nbytes = sum(map(len, batch.frames))
+                batch_start, position = position, os.lseek(descriptor, 0, os.SEEK_CUR)
+                if count:
+                    yield from self._deliver(
+                        batch, pacer, finished_bytes + batch_start, finished_bytes + position
                     )
+                if damage is not None:
+                    self._report_damage(path, read_in_file, damage)
                     return
-                batch.nbytes = nbytes
-                packets_in_file += len(frames)
-                offset += nbytes + PCAP_RECORD_HEADER * len(frames)
-                self.done_bytes += nbytes + PCAP_RECORD_HEADER * len(frames)
-                if frames:
-                    yield from self._deliver(batch, pacer)
-                if len(frames) < batch_size or stopping.is_set():
+                if count < batch_size or self.stopping.is_set():
                     return
         finally:
             reader.close()
 
-    def _deliver(self, batch: PacketBatch, pacer: _Pacer | None) -> Iterator[PacketBatch]:
-        self.packets += len(batch)
-        if pacer is None:
-            yield batch
-            return
-        yield from pacer.pace(batch, self.stopping)
+    def _deliver(
+        self, batch: PacketBatch, pacer: _Pacer | None, start_bytes: int, end_bytes: int
+    ) -> Iterator[PacketBatch]:
+        """Yield ``batch`` (paced in pieces with realtime) and count it for the progress bar.
 
-    def _report_damage(self, path: Path, good: int, filtered: bool, estimate: int, error: Exception) -> None:
-        damage = locate_damage(path, good) if not filtered else None
-        where = f"byte offset {damage}" if damage is not None else f"about byte offset {estimate}"
-        self.context.fail(
-            f"{path}: damaged capture at {where}, after {good} good packets: {error}; "
-            f"the packets before it were processed"
+        ``start_bytes`` and ``end_bytes`` are the read positions before and after the batch; a
+        piece moves ``done_bytes`` between them in proportion to its packets.
+        """
+        delivered = 0
+        for piece in (batch,) if pacer is None else pacer.pace(batch):
+            delivered += len(piece)
+            self.packets += len(piece)
+            self.done_bytes = start_bytes + (end_bytes - start_bytes) * delivered // len(batch)
+            yield piece
+
+    def _report_damage(self, path: Path, read_in_file: int, error: pcapy.PcapError) -> None:
+        if path in self.reported_files:
+            return
+        records = _readable_records(path) if self.config.bpf_filter else read_in_file
+        self._report_once(
+            path,
+            f"{path}: damaged capture at byte offset {locate_damage(path, records)}: {error}; "
+            f"packet records read before the damage: {records}",
         )
+
+    def _report_once(self, path: Path, message: str) -> None:
+        if path not in self.reported_files:
+            self.reported_files.add(path)
+            self.context.fail(message)
+
+
+def _readable_records(path: Path) -> int:
+    """How many packet records libpcap reads from ``path`` before it fails (no filter)."""
+    reader = pcapy.open_offline(str(path))
+    records = 0
+    try:
+        while reader.next()[0] is not None:
+            records += 1
+    except pcapy.PcapError:
+        pass
+    finally:
+        reader.close()
+    return records
 
 
 class _Pacer:
-    """Splits batches so packets leave no earlier than their capture time allows."""
+    """Holds packets back until their capture time, scaled by ``speed``, has come (realtime).
 
-    def __init__(self, speed: float) -> None:
+    Time is anchored at the first packet after :meth:`restart`: that packet leaves at once, and a
+    packet captured ``t`` seconds after it leaves ``t / speed`` seconds later. Packets whose time
+    has already come (or that go back in time) leave at once, together in one batch. A wait ends
+    as soon as ``stopping`` is set; what was not yet due is then not delivered.
+    """
+
+    def __init__(self, speed: float, stopping: Event) -> None:
         self.speed = speed
-        self.first_capture: float | None = None
-        self.started = 0.0
+        self.stopping = stopping
+        self.anchor: tuple[float, float] | None = None
 
-    def pace(self, batch: PacketBatch, stopping: object) -> Iterator[PacketBatch]:
-        if self.first_capture is None and batch.timestamps:
-            self.first_capture = batch.timestamps[0]
-            self.started = time.monotonic()
-        start = 0
-        count = len(batch)
+    def restart(self) -> None:
+        """Anchor time afresh at the next packet (a new file or loop round)."""
+        self.anchor = None
+
+    def pace(self, batch: PacketBatch) -> Iterator[PacketBatch]:
+        """Yield ``batch`` in pieces, each as soon as all its packets are due."""
+        timestamps = batch.timestamps
+        if self.anchor is None:
+            self.anchor = (timestamps[0], time.monotonic())
+        first_capture, started = self.anchor
+        start, count = 0, len(timestamps)
         while start < count:
-            due = self.started + (batch.timestamps[start] - self.first_capture) / self.speed
-            wait = due - time.monotonic()
-            if wait > 0:
-                if stopping.wait(min(wait, 0.5)):  # type: ignore[attr-defined]
+            due_capture = first_capture + (time.monotonic() - started) * self.speed
+            if timestamps[start] > due_capture:
+                if self.stopping.wait((timestamps[start] - due_capture) / self.speed):
                     return
                 continue
             end = start + 1
-            now = time.monotonic()
-            while (
-                end < count
-                and self.started + (batch.timestamps[end] - self.first_capture) / self.speed <= now
-            ):
+            while end < count and timestamps[end] <= due_capture:
                 end += 1
-            piece = PacketBatch(batch.link_type, batch.source)
-            piece.timestamps = batch.timestamps[start:end]
-            piece.frames = batch.frames[start:end]
-            piece.wire_lengths = batch.wire_lengths[start:end]
-            piece.nbytes = sum(len(frame) for frame in piece.frames)
-            yield piece
+            yield batch if end - start == count else _slice(batch, start, end)
             start = end
+
+
+def _slice(batch: PacketBatch, start: int, end: int) -> PacketBatch:
+    piece = PacketBatch(batch.link_type, batch.source)
+    piece.timestamps = batch.timestamps[start:end]
+    piece.frames = batch.frames[start:end]
+    piece.wire_lengths = batch.wire_lengths[start:end]
+    piece.nbytes = sum(map(len, piece.frames))
+    return piece
 
 
 @hookimpl
