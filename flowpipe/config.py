@@ -11,7 +11,6 @@ validate every section and stage against its declared options.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -36,6 +35,7 @@ from .options import (
     validate_options,
 )
 from .registry import PluginInfo, Registry
+from .suggest import did_you_mean
 
 __all__ = [
     "Document",
@@ -349,11 +349,6 @@ class PipelineSpec:
         yield from self.outputs
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _section(document: Document, name: str, errors: list[str]) -> SimpleNamespace:
     options = SECTIONS[name]
     values = document.data.get(name)
@@ -401,7 +396,7 @@ def _stage_list(
         info = registry.get(kind, type_name)
         if info is None:
             known = registry.names(kind)
-            hint = _did_you_mean(type_name, known)
+            hint = did_you_mean(type_name, known)
             listing = f"; known {kind}s: {', '.join(known)}" if known else ""
             errors.append(
                 document.error((*path, "type"), f"unknown {kind} type {type_name!r}{hint}{listing}")
@@ -480,7 +475,7 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     errors: list[str] = []
     for key in data:
         if key not in TOP_LEVEL:
-            hint = _did_you_mean(key, list(TOP_LEVEL)) or f"; known keys: {', '.join(TOP_LEVEL)}"
+            hint = did_you_mean(key, TOP_LEVEL, known="keys")
             errors.append(document.error((key,), f"unknown top-level key{hint}"))
 
     plugins = data.get("plugins") or []
@@ -488,11 +483,14 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     if not isinstance(plugins, list) or not all(isinstance(item, str) for item in plugins):
         errors.append(document.error(("plugins",), "expected a list of module paths or names"))
         plugins = []
+    plugin_errors = []
     for index, plugin in enumerate(plugins):
         try:
             registry.load_local([plugin], base_dir)
         except PluginError as error:
-            errors.append(document.error(("plugins", index), str(error)))
+            plugin_errors.append(document.error(("plugins", index), str(error)))
+    if plugin_errors:  # stages of a plugin that failed to load would each add a misleading "unknown type"
+        raise ConfigError(errors + plugin_errors)
 
     sections: dict[str, SimpleNamespace] = {}
     stage_lists: dict[str, list[StageSpec] | None] = {}

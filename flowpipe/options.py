@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from .suggest import did_you_mean
+
 __all__ = [
     "AnyValue",
     "Bool",
@@ -298,16 +300,6 @@ class Option:
         return list(default) if isinstance(default, (list, tuple)) else default
 
 
-def _suggest(key: str, known: Iterable[str]) -> str:
-    import difflib
-
-    names = list(known)
-    close = difflib.get_close_matches(key, names, n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f"; known options: {', '.join(names)}" if names else ""
-
-
 def validate_options(options: Iterable[Option], values: Mapping[str, Any]) -> list[OptionError]:
     """Check ``values`` against ``options``; return every error with its key path."""
     declared = {option.name: option for option in options}
@@ -323,7 +315,8 @@ def validate_options(options: Iterable[Option], values: Mapping[str, Any]) -> li
     for key, value in values.items():  # in file order, so errors come out in file order
         option = declared.get(key)
         if option is None:
-            errors.append(OptionError(f"unknown option{_suggest(str(key), declared)}", (key,)))
+            hint = did_you_mean(str(key), declared, known="options")
+            errors.append(OptionError(f"unknown option{hint}", (key,)))
         elif value is None and option.default is None and not option.required:
             continue
         elif isinstance(option.type, Struct) and (value is None or isinstance(value, Mapping)):

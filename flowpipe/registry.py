@@ -11,7 +11,6 @@ provides every stage and can name both packages when two claim the same name.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -26,6 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .suggest import did_you_mean
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "Registry"]
 
@@ -190,16 +190,11 @@ def _unknown_hooks(manager: pluggy.PluginManager, module: object) -> list[str]:
     """A problem per hook implementation of ``module`` that no flowpipe hookspec declares."""
     hooks = [name for name in vars(hookspecs) if name.startswith("flowpipe_")]
     return [
-        f"unknown hook {caller.name!r}{_did_you_mean(caller.name, hooks)}"
+        f"unknown hook {caller.name!r}{did_you_mean(caller.name, hooks)}"
         for caller in manager.get_hookcallers(module) or ()
         if not caller.has_spec()
         and any(impl.plugin is module and not impl.optionalhook for impl in caller.get_hookimpls())
     ]
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _import_local(spec: str, base_dir: Path) -> ModuleType:

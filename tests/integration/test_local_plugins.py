@@ -205,3 +205,16 @@ def test_a_local_plugin_claiming_a_builtin_name_is_an_error_naming_both(
         f"flowpipe: output 'stdout' is claimed by two plugins: package flowpipe {flowpipe.__version__} "
         "(plugin 'stdout') and local plugin 'my_stdout.py'; uninstall one of them\n"
     )
+
+
+def test_stages_of_a_plugin_that_cannot_load_add_no_second_message(project: Path, elsewhere: Path) -> None:
+    _write(project / "raises.py", BROKEN_PLUGINS["raises.py"])
+    pipeline = _pipeline(project, ["raises.py"], processors="processors:\n  - type: raising_tag\n")
+
+    result = _flowpipe("check", "-c", pipeline, cwd=elsewhere)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"flowpipe: {pipeline}:2:5: plugins.0: "
+        "local plugin 'raises.py': RuntimeError: licence server unreachable\n"
+    )

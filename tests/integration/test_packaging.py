@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import re
 import sys
 import tomllib
 import zipfile
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-VERSION = PYPROJECT["project"]["version"]
+# pyproject.toml takes the version from flowpipe.__version__ (one source of truth)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (REPO / "flowpipe/__init__.py").read_text(), re.M).group(1)
 DIST_INFO = f"flowpipe-{VERSION}.dist-info"
 
 
