@@ -56,7 +56,7 @@ PIPELINE_OPTIONS = (
         "queue",
         Struct(
             Option("batches", Int(1), 64, "capacity of each queue in batches"),
-            Option("bytes", ByteSize(), 64 * 1024 * 1024, "capacity of each queue in bytes"),
+            Option("bytes", ByteSize(), "64MiB", "capacity of each queue in bytes"),
         ),
         description="bounds of every queue between stages",
     ),
@@ -64,7 +64,7 @@ PIPELINE_OPTIONS = (
     Option(
         "shutdown_timeout",
         Duration(),
-        30.0,
+        "30s",
         "longest wait, once inputs ended or a signal came, for queues to drain and outputs to flush",
     ),
 )
@@ -73,7 +73,7 @@ LOGGING_OPTIONS = (
     Option("format", Choice("text", "json"), "text", "log line format on stderr"),
 )
 METRICS_OPTIONS = (
-    Option("period", Duration(), 30.0, "log all counters every period (0 turns it off)"),
+    Option("period", Duration(), "30s", "log all counters every period (0 turns it off)"),
     Option("http", Str(), None, "host:port to serve Prometheus metrics on /metrics (off when null)"),
 )
 SECTIONS = {

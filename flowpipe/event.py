@@ -60,18 +60,20 @@ def delete_field(event: Event, path: str) -> bool:
 
 
 _second_cache: tuple[int, str] = (-1, "")
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 def format_timestamp(seconds: float) -> str:
     """An ``@timestamp`` value: RFC 3339 UTC with milliseconds, as Beats write it.
 
-    Packets arrive in time order, so the formatted whole second is cached.
+    Packets arrive in time order, so the formatted whole second is cached. The time is first
+    rounded to the microsecond: near 1.7e9 a float is only precise to about 0.24 us, so
+    ``1700000000.123`` is stored as ``1700000000.12299990...`` and must still give ``.123``.
     """
     global _second_cache
-    whole = int(seconds)
+    whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
     cached_second, text = _second_cache
     if cached_second != whole:
         text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache = (whole, text)  # one assignment: safe to share between threads
-    millis = int((seconds - whole) * 1000.0 + 1e-6)
-    return f"{text}.{millis:03d}Z"
+    return text + _MILLIS[micros // 1000]

@@ -297,7 +297,10 @@ class Option:
         if isinstance(self.type, Struct) and self.default is _MISSING:
             return self.type.convert({})
         default = self.default
-        return list(default) if isinstance(default, (list, tuple)) else default
+        if default is None:
+            return None
+        # Defaults are declared as users write them ("10MiB", "30s") and converted like their values.
+        return self.type.convert(list(default) if isinstance(default, tuple) else default)
 
 
 def validate_options(options: Iterable[Option], values: Mapping[str, Any]) -> list[OptionError]:

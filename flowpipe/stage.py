@@ -196,8 +196,8 @@ class Output(Stage):
         Option(
             "backoff",
             Struct(
-                Option("init", Duration(), 1.0, "first wait after a failed write"),
-                Option("max", Duration(), 60.0, "longest wait between retries"),
+                Option("init", Duration(), "1s", "first wait after a failed write"),
+                Option("max", Duration(), "60s", "longest wait between retries"),
             ),
             description="retry timing after a failed write (doubles each time, with jitter)",
         ),

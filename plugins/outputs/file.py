@@ -99,7 +99,7 @@ class FileOutput(Output):
         Option(
             "rotate_every",
             ByteSize(),
-            10 * 1024 * 1024,
+            "10MiB",
             "rotate when the file would grow past this size (gzip: size before compression; 0 = never)",
         ),
         Option("number_of_files", Int(1, 1024), 7, "how many files rotation keeps, the current one included"),
@@ -107,7 +107,7 @@ class FileOutput(Output):
         Option(
             "flush_interval",
             Duration(),
-            1.0,
+            "1s",
             "hand data to the OS at most this often while busy (always when idle and at shutdown)",
         ),
         Option("append", Bool(), True, "append to an existing file at start-up (false: truncate it)"),
