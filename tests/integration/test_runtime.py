@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from summary_lines import parse_summary
 
 from flowpipe.config import load_pipeline
 from flowpipe.pipeline import Pipeline
@@ -32,7 +33,6 @@ from flowpipe.registry import Registry
 from flowpipe.summary import Summary
 
 PLUGINS = Path(__file__).resolve().parents[1] / "fixtures" / "runtime_plugins"
-SUMMARY_LINE = re.compile(r"^  (input|decoder|processor|queue|output)\s+(\S+)\s+(.*)$")
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -69,30 +69,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return result
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def number(text: str) -> int:
-    return int(text.replace(",", ""))
-
-
-def parse_summary(stderr: str) -> dict[tuple[str, str], dict[str, int]]:
-    """The stage lines of a printed summary: (kind, id) -> counter name -> value."""
-    stages: dict[tuple[str, str], dict[str, int]] = {}
-    for line in stderr.splitlines():
-        match = SUMMARY_LINE.match(line)
-        if not match:
-            continue
-        kind, owner, rest = match.groups()
-        values: dict[str, int] = {}
-        dropped = re.search(r"  dropped [\d,]+ \((.*)\)$", rest)
-        if dropped:
-            for part in dropped.group(1).split(", "):
-                reason, count = part.rsplit(" ", 1)
-                values[f"dropped.{reason}"] = number(count)
-            rest = rest[: dropped.start()]
-        values.update((name, number(value)) for name, value in re.findall(r"(\S+) +([\d,]+)", rest))
-        stages[(kind, owner)] = values
-    return stages
 
 
 def headline(stderr: str) -> re.Match[str]:

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
+from summary_lines import number, parse_summary
 
 PLUGINS = Path(__file__).resolve().parents[1] / "fixtures" / "runtime_plugins"
-SUMMARY_LINE = re.compile(r"^  (input|decoder|processor|queue|output)\s+(\S+)\s+(.*)$")
 HEADLINE = re.compile(
     r"^flowpipe: finished in [\d.]+ s: ([\d,]+) packets read .*; events shipped: (.*); dropped ", re.MULTILINE
 )
@@ -79,30 +79,6 @@ def source_ips(path: Path) -> list[str]:
 
 def expected_ips(count: int) -> list[str]:
     return [f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}" for index in range(count)]
-
-
-def number(text: str) -> int:
-    return int(text.replace(",", ""))
-
-
-def parse_summary(stderr: str) -> dict[tuple[str, str], dict[str, int]]:
-    """The stage lines of a printed summary: (kind, id) -> counter name -> value."""
-    stages: dict[tuple[str, str], dict[str, int]] = {}
-    for line in stderr.splitlines():
-        match = SUMMARY_LINE.match(line)
-        if not match:
-            continue
-        kind, owner, rest = match.groups()
-        values: dict[str, int] = {}
-        dropped = re.search(r"  dropped [\d,]+ \((.*)\)$", rest)
-        if dropped:
-            for part in dropped.group(1).split(", "):
-                reason, count = part.rsplit(" ", 1)
-                values[f"dropped.{reason}"] = number(count)
-            rest = rest[: dropped.start()]
-        values.update((name, number(value)) for name, value in re.findall(r"(\S+) +([\d,]+)", rest))
-        stages[(kind, owner)] = values
-    return stages
 
 
 DRAINS = [
