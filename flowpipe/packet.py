@@ -26,13 +26,18 @@ class Packet(NamedTuple):
 
 
 class PacketBatch:
-    """Frames of one link type, captured by one input, in capture order."""
+    """Frames of one link type, captured by one input, in capture order.
 
-    __slots__ = ("frames", "link_type", "nbytes", "source", "timestamps", "wire_lengths")
+    ``clock`` is set only on a batch *without* frames that a live input sends while no packet
+    arrives: the wall-clock time it stands for, so decoders can expire flows and connections.
+    """
 
-    def __init__(self, link_type: int, source: str = "") -> None:
+    __slots__ = ("clock", "frames", "link_type", "nbytes", "source", "timestamps", "wire_lengths")
+
+    def __init__(self, link_type: int, source: str = "", clock: float | None = None) -> None:
         self.link_type = link_type
         self.source = source
+        self.clock = clock
         self.timestamps: list[float] = []
         self.frames: list[bytes] = []
         self.wire_lengths: list[int] = []

@@ -215,7 +215,7 @@ class Pipeline:
         counters = stage.context.counters
         try:
             for batch in stage.read():
-                if not batch:
+                if not batch and getattr(batch, "clock", None) is None:
                     continue
                 counters.add("out", len(batch))
                 if isinstance(batch, PacketBatch):
@@ -234,10 +234,14 @@ class Pipeline:
                 batch = self.input_queue.get()
                 if batch is END:
                     break
-                events = self._decode(batch, 0) if isinstance(batch, PacketBatch) else batch
-                self._process_and_ship(events)
+                if not isinstance(batch, PacketBatch):
+                    self._process_and_ship(batch)
+                elif batch.frames:
+                    self._process_and_ship(self._decode(batch, 0))
+                else:
+                    self._drive("advance", batch.clock)
             if not self.abort.is_set():
-                self._flush_decoders()
+                self._drive("flush")
         except Exception as error:  # a bug (e.g. a processor returning None): fail the run, don't hang it
             log.exception("worker failed")
             self.failures.append(f"worker failed: {type(error).__name__}: {error}")
@@ -270,14 +274,15 @@ class Pipeline:
                 break
         return events
 
-    def _flush_decoders(self) -> None:
+    def _drive(self, what: str, *args: Any) -> None:
+        """Call ``flush()`` or ``advance(now)`` on each decoder in order, passing on what each forwards."""
         for index, decoder in enumerate(self.decoders):
             events: list[Event] = []
             try:
-                forwarded = decoder.flush(events)
+                forwarded = getattr(decoder, what)(*args, events)
             except Exception:
                 decoder.context.errors.error(
-                    "flush", "decoder %r failed to flush", decoder.context.id, exc_info=True
+                    what, "decoder %r failed to %s", decoder.context.id, what, exc_info=True
                 )
                 continue
             decoder.context.counters.add("out", len(events) + (len(forwarded) if forwarded else 0))

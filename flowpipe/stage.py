@@ -112,7 +112,9 @@ class Input(Stage):
 
     :meth:`read` runs in the input's own thread and yields batches until the source ends or
     :attr:`stopping` is set; it must check :attr:`stopping` at least every ``batch_size`` items or
-    every half second. A problem that ends one source but not the run (a truncated file) is
+    every half second. A live input that has no packets for a while yields an empty
+    ``PacketBatch`` with ``clock`` set to the current time, about once a second, so that timeouts
+    still expire. A problem that ends one source but not the run (a truncated file) is
     reported with ``self.context.fail``; one that prevents starting raises ``StartupError`` from
     :meth:`open`.
     """
@@ -163,6 +165,15 @@ class Decoder(Stage):
 
     def flush(self, events: list[Event]) -> Any:
         """End of input: finish everything in flight into ``events``; return a last forwarded batch."""
+        return None
+
+    def advance(self, now: float, events: list[Event]) -> Any:
+        """Time passed without packets (a live input idles): expire what timed out by ``now``.
+
+        Append events for what expired and return a batch to forward, or None. Decoders must
+        also expire by the packets' own timestamps in :meth:`decode`: time comes from the
+        packets, and this call only stands in for packets that did not come.
+        """
         return None
 
 
