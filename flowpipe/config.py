@@ -428,6 +428,11 @@ def _stage_list(
         except OptionError as problem:  # a Struct converter found more than validation did
             errors.append(document.error((*path, *problem.path), problem.message))
             continue
+        problems = info.cls.check_config(config)
+        for problem in problems:
+            errors.append(document.error((*path, *problem.path), problem.message))
+        if problems:
+            continue
         specs.append(StageSpec(kind, type_name, stage_id, info, config, document.locate(path)))
     return specs
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from .event import Event
 from .metrics import Counters, RateLimitedLog
-from .options import Choice, Duration, Option, Struct
+from .options import Choice, Duration, Option, OptionError, Struct
 from .packet import PacketBatch
 
 __all__ = [
@@ -84,6 +84,15 @@ class Stage:
     def all_options(cls) -> tuple[Option, ...]:
         """The stage's own options followed by its kind's common options."""
         return cls.options + cls.common_options
+
+    @classmethod
+    def check_config(cls, config: SimpleNamespace) -> list[OptionError]:
+        """Check rules that span options (one of two required, ranges that must nest...).
+
+        Called with the converted options after each was validated on its own; return one
+        :class:`~flowpipe.options.OptionError` per problem, with the key path it concerns.
+        """
+        return []
 
     @classmethod
     def summary(cls) -> str:
