@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flowpipe.plugins.outputs.file import FileOutput
 
 from flowpipe import OutputError, StageContext, StartupError
 from flowpipe.metrics import Counters
 from flowpipe.options import build_namespace, validate_options
+from flowpipe.plugins.outputs.file import FileOutput
 
 MARCH_5_2024 = calendar.timegm((2024, 3, 5, 7, 8, 9))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pcapy
 import pytest
 from captures import write_pcap, write_pcapng
+
 from flowpipe.plugins.inputs.pcapfile import locate_damage
 
 PACKETS = [(1_700_000_000 + index, bytes([index]) * 60) for index in range(5)]
