@@ -26,19 +26,24 @@ __all__ = [
     "LINKTYPE_NULL",
     "LINKTYPE_RAW",
     "ethernet",
+    "gre",
     "icmp",
     "icmp6",
     "ip_packet",
+    "ip_raw",
     "ipv6_fragment_header",
     "ipv6_options_header",
     "ipv6_packet",
     "linux_sll",
     "linux_sll2",
     "loopback",
+    "ppp",
+    "pppoe_session",
     "tcp",
     "tcp_frame",
     "udp",
     "udp_frame",
+    "vxlan",
     "write_pcap",
     "write_pcapng",
 ]
@@ -126,6 +131,59 @@ def ip_packet(src: str, dst: str, transport: dpkt.Packet, ttl: int = 64) -> dpkt
     packet = dpkt.ip6.IP6(src=source.packed, dst=destination.packed, nxt=protocol, hlim=ttl, data=transport)
     packet.plen = len(bytes(transport))
     return packet
+
+
+def ip_raw(src: str, dst: str, protocol: int, payload: bytes, ttl: int = 64) -> bytes:
+    """An IPv4 or IPv6 packet (from the address family) of IP protocol ``protocol`` around ``payload``
+    (another packet's bytes for IP in IP, a GRE header and its payload, ...)."""
+    source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if source.version == 4:
+        return bytes(dpkt.ip.IP(src=source.packed, dst=destination.packed, p=protocol, ttl=ttl, data=payload))
+    return ipv6_packet(src, dst, protocol, payload, hop_limit=ttl)
+
+
+def gre(
+    payload: dpkt.Packet | bytes,
+    protocol: int,
+    key: int | None = None,
+    sequence: int | None = None,
+    checksum: bool = False,
+) -> bytes:
+    """A GRE (version 0) header carrying ``payload`` of EtherType ``protocol``, with the optional
+    checksum (written as 0), key and sequence number fields."""
+    flags = (
+        (0x8000 if checksum else 0)
+        | (0x2000 if key is not None else 0)
+        | (0x1000 if sequence is not None else 0)
+    )
+    header = struct.pack("!HH", flags, protocol)
+    if checksum:
+        header += bytes(4)
+    if key is not None:
+        header += struct.pack("!I", key)
+    if sequence is not None:
+        header += struct.pack("!I", sequence)
+    return header + bytes(payload)
+
+
+def vxlan(frame: bytes, vni: int, valid: bool = True) -> bytes:
+    """A VXLAN header (the I flag set when ``valid``) and the Ethernet ``frame`` it carries."""
+    return struct.pack("!BxxxI", 0x08 if valid else 0, vni << 8) + frame
+
+
+def ppp(payload: dpkt.Packet | bytes, protocol: int | None = None, framing: bool = True) -> bytes:
+    """A PPP frame: the address and control bytes (ff 03) when ``framing``, the protocol (IPv4's
+    0x0021 or IPv6's 0x0057 from ``payload`` by default) and ``payload``."""
+    if protocol is None:
+        protocol = 0x0057 if _ethertype(payload) == dpkt.ethernet.ETH_TYPE_IP6 else 0x0021
+    return (b"\xff\x03" if framing else b"") + struct.pack("!H", protocol) + bytes(payload)
+
+
+def pppoe_session(payload: dpkt.Packet | bytes, session: int = 1, protocol: int | None = None) -> bytes:
+    """A PPPoE session header and a PPP frame without framing bytes (an Ethernet payload of
+    EtherType 0x8864)."""
+    frame = ppp(payload, protocol, framing=False)
+    return struct.pack("!BBHH", 0x11, 0, session, len(frame)) + frame
 
 
 def _ethertype(payload: dpkt.Packet | bytes) -> int:

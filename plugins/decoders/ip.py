@@ -1,29 +1,55 @@
-"""The ``ip`` decoder: link layer, IPv4/IPv6 and transport headers, one event per packet.
+"""The ``ip`` decoder: link layer, tunnels, IPv4/IPv6 and transport headers; flows.
 
-Layers decoded, each in place with ``struct.unpack_from`` on the captured frame (the only bytes
-copied are the packed addresses, which key a cache of their text form):
+Layers decoded (the header decoders are in :mod:`.layers`), each in place with
+``struct.unpack_from`` on the captured frame (the only bytes copied are the packed addresses,
+which key a cache of their text form, and forwarded payloads):
 
 - link: Ethernet II, Linux cooked (SLL, SLL2), raw IP, BSD null/loopback (either byte order),
-  then any number of 802.1Q/802.1ad tags (QinQ);
+  PPP (with or without HDLC-like framing, PPP over Ethernet sessions), Cisco HDLC, then any
+  number of 802.1Q/802.1ad tags (QinQ) and MPLS labels;
 - network: IPv4 (options skipped) and IPv6 with its extension headers walked (hop-by-hop,
   routing, fragment, destination options, authentication header). The IPv4 total length or IPv6
   payload length bounds what follows, so Ethernet padding is never read as a header; a length of
   0 (segmentation offload on the capturing host, IPv6 jumbograms) means the captured bytes;
-- transport: TCP, UDP and SCTP ports, ICMP and ICMPv6 type and code. A fragment other than the
-  first carries no transport header, so its event has no ports.
+- tunnels, decapsulated so that the innermost packet is what events and flows describe: IP in IP
+  (IPv4 or IPv6 in IPv4 or IPv6), GRE (IPv4, IPv6, Ethernet, ERSPAN types I-III, PPTP's PPP) and
+  VXLAN (UDP to ``vxlan_ports``). The outer headers are not reported; VLAN tags of inner Ethernet
+  frames follow the outer ones. A tunnel packet whose inner packet cannot be decoded (cut short,
+  not IP, a fragment) stays the outer packet (a GRE or UDP packet);
+- transport: TCP, UDP and SCTP ports, TCP flags, sequence and acknowledgement numbers, ICMP and
+  ICMPv6 type and code. A fragment other than the first carries no transport header.
 
-Each packet becomes one event with ECS fields: ``@timestamp``, ``source.ip``/``source.port``,
-``destination.ip``/``destination.port``, ``network.type`` (``ipv4``/``ipv6``),
-``network.transport`` (``tcp``, ``udp``, ``icmp``, ``ipv6-icmp``, ...), ``network.iana_number``,
-``network.bytes`` (the frame's length on the wire), ``network.vlan.id`` (outer tag) and
-``network.inner.vlan.id`` (innermost tag when there are several). ECS has no ICMP fields;
-ICMP packets carry ``icmp.type`` and ``icmp.code`` (numbers), the per-packet form of the values
-Packetbeat's ICMP transactions report as ``icmp.request.type``/``icmp.request.code``.
+Fragments go through :meth:`IpDecoder._fragment`, the place of defragmentation. Without it a
+fragment is decoded as it stands: the first with its ports, later ones by addresses only.
+
+Every packet is counted in a flow (see :mod:`.flows`): flows are keyed on protocol, both
+endpoints and the VLAN tags; ports for TCP, UDP and SCTP; for ICMP and ICMPv6 the type and its
+counterpart (or code) as the Community ID defines them, so an echo request and its reply share a
+flow; addresses only for other protocols and for later fragments. Flow records are events with
+``event.dataset: flow``; ``flows.enabled: false`` turns them off (flows are still tracked when a
+decoder follows: it gets them with the packets). Counters: ``flows`` (flows started) and
+``flows_evicted`` (flows ended early because ``flows.max_flows`` were tracked).
+
+What else comes out depends on the decoders that follow:
+
+- last in the chain: one event per packet, with ECS fields ``@timestamp``,
+  ``source.ip``/``source.port``, ``destination.ip``/``destination.port``, ``network.type``
+  (``ipv4``/``ipv6``), ``network.transport`` (``tcp``, ``udp``, ``icmp``, ``ipv6-icmp``, ...),
+  ``network.iana_number``, ``network.bytes`` (the frame's length on the wire),
+  ``network.vlan.id`` (outer tag) and ``network.inner.vlan.id`` (innermost tag when there are
+  several). ECS has no ICMP fields; ICMP packets carry ``icmp.type`` and ``icmp.code`` (numbers),
+  the per-packet form of the values Packetbeat's ICMP transactions report as
+  ``icmp.request.type``/``icmp.request.code``;
+- followed by a decoder (``tcp``): no per-packet events; every TCP and UDP packet that is not a
+  fragment is forwarded as a :class:`~.transport.TransportPacket` with its flow.
 
 Nothing raises out of :meth:`IpDecoder.decode`. A packet whose headers are cut short or
 impossible is dropped and counted as ``dropped.malformed.<reason>``; one that is not IP (ARP, LLC,
 ...) as ``dropped.not_ip``; a batch of a link type not listed above as
-``dropped.unsupported_link_type``.
+``dropped.unsupported_link_type``. A TCP or UDP packet counted in its flow but not forwarded
+because its transport header is cut short counts as ``dropped.malformed.truncated_tcp`` (or
+``_udp``) or ``dropped.malformed.bad_tcp_header_length``, and a fragment as
+``dropped.fragment``.
 """
 
 from __future__ import annotations
@@ -31,139 +57,71 @@ from __future__ import annotations
 import socket
 import struct
 from collections import defaultdict
-from collections.abc import Callable
 from types import SimpleNamespace
 
-from flowpipe import Decoder, Event, PacketBatch, StageContext, format_timestamp, hookimpl
+from flowpipe import (
+    Decoder,
+    Event,
+    Int,
+    ListOf,
+    Option,
+    OptionError,
+    PacketBatch,
+    StageContext,
+    format_timestamp,
+    hookimpl,
+)
+
+from .community_id import icmp_ports
+from .flows import ENDED, FLOW_OPTIONS, IANA_NUMBERS, PORTLESS, TRANSPORTS, VLAN_IDS, WITH_PORTS, FlowTable
+from .layers import (
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_TEB,
+    LINK_DECODERS,
+    LINKTYPE_ETHERNET,
+    TRUNCATED_ETHERNET,
+    Network,
+    gre,
+    ipv4,
+    ipv6,
+    network_layer,
+)
+from .transport import SEEN_ANY, SEEN_DATA, TransportPacket
 
 _U16 = struct.Struct("!H").unpack_from
-_U32_LE = struct.Struct("<I").unpack_from
-_U32_BE = struct.Struct("!I").unpack_from
-_IPV4 = struct.Struct("!BxH2xHxB2x4s4s").unpack_from
-"""version/IHL, total length, flags/fragment offset, protocol, source, destination."""
-_IPV6 = struct.Struct("!B3xHBx16s16s").unpack_from
-"""version (high nibble), payload length, next header, source, destination."""
 _PORTS = struct.Struct("!HH").unpack_from
+_TCP = struct.Struct("!HHIIBBH").unpack_from
+"""source port, destination port, sequence, acknowledgement, data offset (high nibble), flags, window."""
 _TYPE_CODE = struct.Struct("!BB").unpack_from
 _inet_ntop = socket.inet_ntop
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))  # 802.1Q, 802.1ad, pre-standard QinQ
-
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = (12, 14, 101)  # DLT_RAW (12; 14 on OpenBSD) and LINKTYPE_RAW in files
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-BSD_AF_INET = 2
-BSD_AF_INET6 = frozenset((10, 24, 28, 30))  # Linux, NetBSD/OpenBSD, FreeBSD/DragonFly, Darwin
-
 PROTO_ICMP = 1
+PROTO_IPIP = 4
 PROTO_TCP = 6
 PROTO_UDP = 17
-PROTO_IPV6_FRAGMENT = 44
-PROTO_AH = 51
+PROTO_IPV6 = 41
+PROTO_GRE = 47
 PROTO_ICMPV6 = 58
 PROTO_SCTP = 132
-IPV6_EXTENSIONS = frozenset((0, 43, PROTO_IPV6_FRAGMENT, PROTO_AH, 60))
-WITH_PORTS = frozenset((PROTO_TCP, PROTO_UDP, PROTO_SCTP))
 ICMP_PROTOCOLS = frozenset((PROTO_ICMP, PROTO_ICMPV6))
-
-_NAMES = {
-    1: "icmp",
-    2: "igmp",
-    4: "ipv4",
-    6: "tcp",
-    17: "udp",
-    41: "ipv6",
-    47: "gre",
-    50: "esp",
-    51: "ah",
-    58: "ipv6-icmp",
-    59: "ipv6-nonxt",
-    89: "ospf",
-    103: "pim",
-    112: "vrrp",
-    132: "sctp",
-}
-TRANSPORTS = tuple(_NAMES.get(number, str(number)) for number in range(256))
-"""``network.transport`` by IP protocol number: the IANA keyword, or the number as text."""
-IANA_NUMBERS = tuple(str(number) for number in range(256))
-VLAN_IDS = tuple(str(number) for number in range(4096))
+TUNNEL_PROTOCOLS = frozenset((PROTO_IPIP, PROTO_IPV6, PROTO_GRE))
+MAX_ENCAPSULATIONS = 4
+"""Tunnels decapsulated inside one another; a deeper one stays a packet of the tunnel protocol."""
+OPENING = 0x17  # SYN, ACK, FIN, RST: a SYN that opens a connection has only the first
+SYN = 0x02
+CONTROL = 0x07  # FIN, SYN, RST
+NO_VLANS: tuple[int, ...] = ()
 ADDRESS_CACHE_SIZE = 65536
 
-# Drop reasons, as counted (``dropped.`` is prepended by the counters).
-NOT_IP = "not_ip"
+# Drop reasons besides those of .layers, as counted (``dropped.`` is prepended by the counters).
 UNSUPPORTED_LINK_TYPE = "unsupported_link_type"
-TRUNCATED_ETHERNET = "malformed.truncated_ethernet"
-TRUNCATED_LINUX_SLL = "malformed.truncated_linux_sll"
-TRUNCATED_LINUX_SLL2 = "malformed.truncated_linux_sll2"
-TRUNCATED_LOOPBACK = "malformed.truncated_loopback"
-TRUNCATED_VLAN = "malformed.truncated_vlan"
-TRUNCATED_IP = "malformed.truncated_ip"
-TRUNCATED_IPV4 = "malformed.truncated_ipv4"
-BAD_IPV4_VERSION = "malformed.bad_ipv4_version"
-BAD_IPV4_HEADER_LENGTH = "malformed.bad_ipv4_header_length"
-BAD_IPV4_TOTAL_LENGTH = "malformed.bad_ipv4_total_length"
-TRUNCATED_IPV6 = "malformed.truncated_ipv6"
-BAD_IPV6_VERSION = "malformed.bad_ipv6_version"
-TRUNCATED_IPV6_EXTENSION = "malformed.truncated_ipv6_extension"
+FRAGMENT = "fragment"
 TRUNCATED_ICMP = "malformed.truncated_icmp"
-TRUNCATED_PORTS = {protocol: f"malformed.truncated_{TRANSPORTS[protocol]}" for protocol in WITH_PORTS}
-
-LinkResult = tuple[int, int] | str
-"""(EtherType, offset of what follows the link header), or a drop reason."""
-
-
-def _linux_sll(frame: bytes) -> LinkResult:
-    return (_U16(frame, 14)[0], 16) if len(frame) >= 16 else TRUNCATED_LINUX_SLL
-
-
-def _linux_sll2(frame: bytes) -> LinkResult:
-    return (_U16(frame, 0)[0], 20) if len(frame) >= 20 else TRUNCATED_LINUX_SLL2
-
-
-def _raw(frame: bytes) -> LinkResult:
-    if not frame:
-        return TRUNCATED_IP
-    return (ETHERTYPE_IPV6 if frame[0] >> 4 == 6 else ETHERTYPE_IPV4), 0
-
-
-def _address_family(family: int) -> LinkResult:
-    if family == BSD_AF_INET:
-        return ETHERTYPE_IPV4, 4
-    if family in BSD_AF_INET6:
-        return ETHERTYPE_IPV6, 4
-    return NOT_IP
-
-
-def _null(frame: bytes) -> LinkResult:
-    """DLT_NULL: the family in the capturing host's byte order, which the file does not record."""
-    if len(frame) < 4:
-        return TRUNCATED_LOOPBACK
-    family = _U32_LE(frame, 0)[0]
-    return _address_family(family if family <= 0xFFFF else _U32_BE(frame, 0)[0])
-
-
-def _loop(frame: bytes) -> LinkResult:
-    """DLT_LOOP: the family in network byte order."""
-    return _address_family(_U32_BE(frame, 0)[0]) if len(frame) >= 4 else TRUNCATED_LOOPBACK
-
-
-LINK_DECODERS: dict[int, Callable[[bytes], LinkResult]] = {
-    LINKTYPE_NULL: _null,
-    LINKTYPE_LOOP: _loop,
-    LINKTYPE_LINUX_SLL: _linux_sll,
-    LINKTYPE_LINUX_SLL2: _linux_sll2,
-    LINKTYPE_IPV4: lambda frame: (ETHERTYPE_IPV4, 0),
-    LINKTYPE_IPV6: lambda frame: (ETHERTYPE_IPV6, 0),
-    **dict.fromkeys(LINKTYPE_RAW, _raw),
-}
-"""Link-layer decoders other than Ethernet's (which is inlined in the hot loop), by link type."""
+TRUNCATED_TCP = "malformed.truncated_tcp"
+TRUNCATED_UDP = "malformed.truncated_udp"
+TRUNCATED_SCTP = "malformed.truncated_sctp"
+BAD_TCP_HEADER_LENGTH = "malformed.bad_tcp_header_length"
 
 
 def _address(cache: dict[bytes, str], packed: bytes) -> str:
@@ -174,94 +132,74 @@ def _address(cache: dict[bytes, str], packed: bytes) -> str:
     return text
 
 
-Network = tuple[str, int, int, int, bytes, bytes] | str
-"""(network.type, transport protocol, offset of the transport header or -1 when the packet carries
-none, end of the packet's bytes, packed source, packed destination), or a drop reason."""
-
-
-def _ipv4(frame: bytes, offset: int) -> Network:
-    """The IPv4 header at ``offset`` in ``frame``."""
-    length = len(frame)
-    if length < offset + 20:
-        return TRUNCATED_IPV4
-    version_ihl, total_length, fragment, protocol, source, destination = _IPV4(frame, offset)
-    if version_ihl >> 4 != 4:
-        return BAD_IPV4_VERSION
-    header_length = (version_ihl & 0x0F) << 2
-    if header_length < 20:
-        return BAD_IPV4_HEADER_LENGTH
-    if total_length == 0:  # segmentation offload on the capturing host: the frame is the packet
-        end = length
-    elif total_length < header_length:
-        return BAD_IPV4_TOTAL_LENGTH
-    else:
-        end = offset + total_length
-        if end > length:  # cut by the snapshot length
-            end = length
-    start = offset + header_length
-    if start > end:
-        return TRUNCATED_IPV4
-    if fragment & 0x1FFF:  # only the first fragment carries the transport header
-        start = -1
-    return "ipv4", protocol, start, end, source, destination
-
-
-def _ipv6(frame: bytes, offset: int) -> Network:
-    """The IPv6 header at ``offset`` in ``frame`` and its extension headers."""
-    length = len(frame)
-    if length < offset + 40:
-        return TRUNCATED_IPV6
-    version, payload_length, protocol, source, destination = _IPV6(frame, offset)
-    if version >> 4 != 6:
-        return BAD_IPV6_VERSION
-    # A payload length of 0 is a jumbogram or segmentation offload: the frame is the packet.
-    end = offset + 40 + payload_length if payload_length else length
-    if end > length:  # cut by the snapshot length
-        end = length
-    start = offset + 40
-    while protocol in IPV6_EXTENSIONS:
-        if start + 8 > end:
-            return TRUNCATED_IPV6_EXTENSION
-        if protocol == PROTO_IPV6_FRAGMENT:
-            fragment_offset = _U16(frame, start + 2)[0] >> 3
-            protocol = frame[start]
-            start += 8
-            if fragment_offset:  # a later fragment: what follows is data, not a header
-                return "ipv6", protocol, -1, end, source, destination
-            continue
-        size = (frame[start + 1] + 2) << 2 if protocol == PROTO_AH else (frame[start + 1] + 1) << 3
-        if start + size > end:
-            return TRUNCATED_IPV6_EXTENSION
-        protocol = frame[start]
-        start += size
-    return "ipv6", protocol, start, end, source, destination
-
-
 class IpDecoder(Decoder):
-    """Decode link, IPv4/IPv6 and TCP/UDP/ICMP headers into one ECS event per packet."""
+    """Decode link, IP and transport headers, decapsulate tunnels, track flows (flow records).
+
+    Last in the chain it emits one event per packet; followed by a decoder it forwards the TCP and
+    UDP packets to it instead.
+    """
 
     consumes = "packets"
-    produces = ""
+    produces = "transport"
     default_order = 10
+    options = (
+        Option("flows", FLOW_OPTIONS, description="flow records (Packetbeat's flows, Zeek's conn.log)"),
+        Option("community_id_seed", Int(0, 65535), 0, "seed of network.community_id (Community ID v1)"),
+        Option(
+            "vxlan_ports",
+            ListOf(Int(0, 65535)),
+            [4789],
+            "UDP destination ports whose datagrams are decapsulated as VXLAN ([] for none)",
+        ),
+    )
+
+    @classmethod
+    def check_config(cls, config: SimpleNamespace) -> list[OptionError]:
+        """A flow timeout is positive."""
+        if config.flows.timeout <= 0:
+            return [OptionError("must be more than 0", ("flows", "timeout"))]
+        return []
 
     def __init__(self, config: SimpleNamespace, context: StageContext) -> None:
         super().__init__(config, context)
         self._addresses: dict[bytes, str] = {}
+        self._vxlan_ports = frozenset(config.vxlan_ports)
+        self._decapsulated = TUNNEL_PROTOCOLS | {PROTO_UDP} if self._vxlan_ports else TUNNEL_PROTOCOLS
+        self.flows = FlowTable(config.flows, config.community_id_seed, config.flows.enabled, context.counters)
+        """The flow table (tracked when flow records are on or a decoder follows)."""
 
-    def decode(self, batch: PacketBatch, events: list[Event]) -> None:
-        """Append one event per IP packet of ``batch``; count every other packet as a drop."""
+    def decode(self, batch: PacketBatch, events: list[Event]) -> list[TransportPacket] | None:
+        """Count each packet of ``batch`` in its flow; append per-packet events (last decoder) or
+        return the TCP and UDP packets (a decoder follows); append flow records that are due."""
         link_type = batch.link_type
         ethernet = link_type == LINKTYPE_ETHERNET
         link_decoder = LINK_DECODERS.get(link_type)
         if not ethernet and link_decoder is None:
             self.context.counters.drop(UNSUPPORTED_LINK_TYPE, len(batch))
             return None
+        forward = self.downstream
+        flows = self.flows
+        track = forward or flows.emit
+        table = flows.flows
+        get_flow = table.get
+        move_to_end = table.move_to_end
+        open_flow = flows.open
+        segment = flows.segment
+        next_check = flows.next_check if track else float("inf")
+        decapsulated = self._decapsulated
+        vxlan_ports = self._vxlan_ports
         cache = self._addresses
         drops: defaultdict[str, int] = defaultdict(int)
         append = events.append
+        out: list[TransportPacket] = []
+        forward_packet = out.append
+        latest = None
         for timestamp, frame, wire_length in zip(
             batch.timestamps, batch.frames, batch.wire_lengths, strict=False
         ):
+            if timestamp >= next_check:
+                flows.tick(timestamp, events)
+                next_check = flows.next_check
             if ethernet:
                 if len(frame) < 14:
                     drops[TRUNCATED_ETHERNET] += 1
@@ -274,42 +212,172 @@ class IpDecoder(Decoder):
                     drops[link] += 1
                     continue
                 ethertype, offset = link
-            vlans = None
-            if ethertype in VLAN_TPIDS:
-                vlans = []
-                while ethertype in VLAN_TPIDS and offset + 4 <= len(frame):
-                    vlans.append(_U16(frame, offset)[0] & 0x0FFF)
-                    ethertype = _U16(frame, offset + 2)[0]
-                    offset += 4
-                if ethertype in VLAN_TPIDS:
-                    drops[TRUNCATED_VLAN] += 1
-                    continue
+            vlans = NO_VLANS
             if ethertype == ETHERTYPE_IPV4:
-                decoded = _ipv4(frame, offset)
+                decoded = ipv4(frame, offset, len(frame))
             elif ethertype == ETHERTYPE_IPV6:
-                decoded = _ipv6(frame, offset)
+                decoded = ipv6(frame, offset, len(frame))
             else:
-                drops[NOT_IP] += 1
-                continue
+                tags: list[int] = []
+                decoded = network_layer(frame, ethertype, offset, len(frame), tags)
+                if tags:
+                    vlans = tuple(tags)
             if isinstance(decoded, str):
                 drops[decoded] += 1
                 continue
-            network_type, protocol, start, end, source_ip, destination_ip = decoded
+            network_type, protocol, start, end, announced, source_ip, destination_ip, fragment = decoded
+            if (
+                protocol in decapsulated
+                and start >= 0
+                and (
+                    protocol != PROTO_UDP or (start + 16 <= end and _U16(frame, start + 2)[0] in vxlan_ports)
+                )
+            ):  # a tunnel
+                inner = self._decapsulate(frame, decoded, vlans)
+                if inner is not None:
+                    decoded, vlans = inner
+                    network_type, protocol, start, end, announced, source_ip, destination_ip, fragment = (
+                        decoded
+                    )
+            if fragment >= 0:
+                held = self._fragment(timestamp, frame, decoded)
+                if held is None:
+                    continue
+                frame, decoded = held
+                network_type, protocol, start, end, announced, source_ip, destination_ip, fragment = decoded
+            source_port = destination_port = flags = seq = ack = 0
+            icmp = None
+            one_way = False
+            key_protocol = protocol
+            tcp_bits = 0
+            payload_start = end
+            if start < 0:
+                key_protocol = protocol | PORTLESS
+            elif protocol == PROTO_TCP:
+                if start + 20 <= end:
+                    source_port, destination_port, seq, ack, data_offset, flags, window = _TCP(frame, start)
+                    payload_start = start + ((data_offset >> 4) << 2)
+                    tcp_bits = flags | SEEN_ANY | (SEEN_DATA if announced > payload_start else 0)
+                elif start + 4 <= end:
+                    source_port, destination_port = _PORTS(frame, start)
+                    tcp_bits = SEEN_ANY
+                else:
+                    drops[TRUNCATED_TCP] += 1
+                    continue
+            elif protocol == PROTO_UDP:
+                if start + 4 > end:
+                    drops[TRUNCATED_UDP] += 1
+                    continue
+                source_port, destination_port = _PORTS(frame, start)
+            elif protocol in ICMP_PROTOCOLS:
+                if start + 2 > end:
+                    drops[TRUNCATED_ICMP] += 1
+                    continue
+                icmp = _TYPE_CODE(frame, start)
+                if track:
+                    source_port, destination_port, one_way = icmp_ports(protocol, icmp[0], icmp[1])
+            elif protocol == PROTO_SCTP:
+                if start + 4 > end:
+                    drops[TRUNCATED_SCTP] += 1
+                    continue
+                source_port, destination_port = _PORTS(frame, start)
+
+            if track:
+                sender_is_low = (
+                    one_way
+                    or source_ip < destination_ip
+                    or (source_ip == destination_ip and source_port < destination_port)
+                )
+                if sender_is_low:
+                    key = (key_protocol, source_ip, source_port, destination_ip, destination_port, vlans)
+                else:
+                    key = (key_protocol, destination_ip, destination_port, source_ip, source_port, vlans)
+                flow = get_flow(key)
+                if flow is None or (flags & OPENING == SYN and (flow.client_tcp | flow.server_tcp) & ENDED):
+                    flow = open_flow(
+                        key,
+                        sender_is_low,
+                        timestamp,
+                        network_type,
+                        protocol,
+                        source_ip,
+                        destination_ip,
+                        cache.get(source_ip) or _address(cache, source_ip),
+                        cache.get(destination_ip) or _address(cache, destination_ip),
+                        source_port,
+                        destination_port,
+                        vlans,
+                        flags,
+                        icmp,
+                        events,
+                    )
+                    latest = flow
+                elif flow is not latest:  # the latest flow is already at the end
+                    move_to_end(key)
+                    latest = flow
+                from_client = sender_is_low == flow.client_is_low
+                if flags & CONTROL or flow.fin_wait:
+                    segment(flow, from_client, timestamp, flags, seq, ack, announced - payload_start)
+                if from_client:
+                    flow.client_packets += 1
+                    flow.client_bytes += wire_length
+                    flow.client_tcp |= tcp_bits
+                else:
+                    flow.server_packets += 1
+                    flow.server_bytes += wire_length
+                    flow.server_tcp |= tcp_bits
+                flow.last = timestamp
+
+            if forward:
+                if protocol == PROTO_TCP:
+                    if fragment >= 0:
+                        drops[FRAGMENT] += 1
+                    elif start + 20 > end:
+                        drops[TRUNCATED_TCP] += 1
+                    elif payload_start < start + 20 or payload_start > announced:
+                        drops[BAD_TCP_HEADER_LENGTH] += 1
+                    elif payload_start > end:
+                        drops[TRUNCATED_TCP] += 1
+                    else:
+                        forward_packet(
+                            TransportPacket(
+                                timestamp,
+                                flow,
+                                from_client,
+                                frame[payload_start:end],
+                                announced - end,
+                                flags,
+                                seq,
+                                ack,
+                                window,
+                            )
+                        )
+                elif protocol == PROTO_UDP:
+                    if fragment >= 0:
+                        drops[FRAGMENT] += 1
+                    elif start + 8 > end:
+                        drops[TRUNCATED_UDP] += 1
+                    else:
+                        datagram_end = start + _U16(frame, start + 4)[0]
+                        if datagram_end < start + 8 or datagram_end > announced:
+                            datagram_end = announced  # a UDP length of 0 (jumbogram) or a bad one
+                        captured_end = datagram_end if datagram_end < end else end
+                        forward_packet(
+                            TransportPacket(
+                                timestamp,
+                                flow,
+                                from_client,
+                                frame[start + 8 : captured_end],
+                                datagram_end - captured_end,
+                            )
+                        )
+                continue
+
             source = {"ip": cache.get(source_ip) or _address(cache, source_ip)}
             destination = {"ip": cache.get(destination_ip) or _address(cache, destination_ip)}
-            icmp = None
-            if start >= 0:
-                if protocol in WITH_PORTS:
-                    if start + 4 > end:
-                        drops[TRUNCATED_PORTS[protocol]] += 1
-                        continue
-                    source["port"], destination["port"] = _PORTS(frame, start)
-                elif protocol in ICMP_PROTOCOLS:
-                    if start + 2 > end:
-                        drops[TRUNCATED_ICMP] += 1
-                        continue
-                    icmp_type, icmp_code = _TYPE_CODE(frame, start)
-                    icmp = {"type": icmp_type, "code": icmp_code}
+            if key_protocol in WITH_PORTS:
+                source["port"] = source_port
+                destination["port"] = destination_port
             network = {
                 "type": network_type,
                 "transport": TRANSPORTS[protocol],
@@ -328,13 +396,72 @@ class IpDecoder(Decoder):
                 "destination": destination,
             }
             if icmp is not None:
-                event["icmp"] = icmp
+                event["icmp"] = {"type": icmp[0], "code": icmp[1]}
             append(event)
         if drops:
             counters = self.context.counters
             for reason, count in drops.items():
                 counters.drop(reason, count)
-        return None
+        flows.merge_counters()
+        return out or None
+
+    def _fragment(self, timestamp: float, frame: bytes, decoded: Network) -> tuple[bytes, Network] | None:
+        """Where every IPv4 and IPv6 fragment goes: defragmentation's place in the decoder.
+
+        ``decoded[7]`` is the offset of the fragment's IPv4 header or IPv6 fragment header in
+        ``frame``. Returns the packet to decode in the fragment's place (its bytes and decoded
+        network layer), or None when there is none yet. Without reassembly that is the fragment
+        itself, decoded as it stands (the first fragment with its transport header, later ones by
+        addresses only); a decoder that follows gets no fragment (each is counted as
+        ``dropped.fragment``).
+        """
+        return frame, decoded
+
+    def _decapsulate(
+        self, frame: bytes, decoded: Network, vlans: tuple[int, ...]
+    ) -> tuple[Network, tuple[int, ...]] | None:
+        """The innermost packet of a tunnel packet (IP in IP, GRE, VXLAN) and its VLAN tags, or
+        None when the outer packet is to stand as it is."""
+        result = None
+        for _ in range(MAX_ENCAPSULATIONS):
+            _, protocol, start, end, _, _, _, fragment = decoded  # type: ignore[misc]
+            if start < 0 or fragment >= 0:
+                break
+            if protocol == PROTO_IPIP:
+                ethertype, offset = ETHERTYPE_IPV4, start
+            elif protocol == PROTO_IPV6:
+                ethertype, offset = ETHERTYPE_IPV6, start
+            elif protocol == PROTO_GRE:
+                payload = gre(frame, start, end)
+                if payload is None:
+                    break
+                ethertype, offset = payload
+            elif (
+                protocol == PROTO_UDP
+                and start + 16 <= end
+                and _U16(frame, start + 2)[0] in self._vxlan_ports
+                and frame[start + 8] & 0x08  # the VNI is valid
+            ):
+                ethertype, offset = ETHERTYPE_TEB, start + 16
+            else:
+                break
+            tags = list(vlans)
+            inner = network_layer(frame, ethertype, offset, end, tags)
+            if isinstance(inner, str) or (inner[4] > end and end == decoded[4]):  # type: ignore[operator]
+                break  # not decodable, or longer than the whole outer packet
+            decoded, vlans = inner, tuple(tags)
+            result = decoded, vlans
+        return result
+
+    def flush(self, events: list[Event]) -> None:
+        """End of input: a final record of every flow."""
+        self.flows.flush(events)
+        self.flows.merge_counters()
+
+    def advance(self, now: float, events: list[Event]) -> None:
+        """No packets for a while (live input): end the flows that timed out by ``now``."""
+        if self.downstream or self.flows.emit:
+            self.flows.tick(now, events)
 
 
 @hookimpl

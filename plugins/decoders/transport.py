@@ -44,6 +44,14 @@ RST_FLAG = 0x04
 PSH_FLAG = 0x08
 ACK_FLAG = 0x10
 URG_FLAG = 0x20
+SEEN_DATA = 0x100
+"""In :attr:`Flow.client_tcp` and :attr:`Flow.server_tcp`: that side sent TCP payload."""
+SEEN_ANY = 0x200
+"""In :attr:`Flow.client_tcp` and :attr:`Flow.server_tcp`: that side sent a segment."""
+NO_FIN = -1
+"""In :attr:`Flow.client_fin` and :attr:`Flow.server_fin`: no FIN seen from that side."""
+FIN_ACKED = -2
+"""In :attr:`Flow.client_fin` and :attr:`Flow.server_fin`: that side's FIN was acknowledged."""
 
 
 class Flow:
@@ -51,25 +59,36 @@ class Flow:
 
     The client is the side that opened it: the sender of a SYN, the receiver of a SYN-ACK, and
     otherwise (a flow picked up mid-stream) the side with the higher port, or the first sender
-    when that does not decide. Counters are per direction: ``client_*`` counts what the client
-    sent, ``server_*`` what the server sent.
+    when that does not decide (ICMP: the receiver when the first message is a reply, else the
+    sender). Counters are per direction: ``client_*`` counts what the client sent, ``server_*``
+    what the server sent (packets, and bytes as frame lengths on the wire).
     """
 
     __slots__ = (
         "client_bytes",
+        "client_fin",
         "client_ip",
+        "client_is_low",
         "client_packets",
         "client_port",
+        "client_tcp",
+        "closed",
         "community_id",
+        "end_reason",
+        "fin_wait",
+        "icmp",
         "id",
         "key",
         "last",
         "network_type",
         "protocol",
+        "reported",
         "server_bytes",
+        "server_fin",
         "server_ip",
         "server_packets",
         "server_port",
+        "server_tcp",
         "start",
         "state",
         "vlan",
@@ -109,11 +128,36 @@ class Flow:
         self.server_packets = 0
         self.server_bytes = 0
         self.state = ""
-        """TCP: the connection state the ``ip`` decoder saw (for flow records); else empty."""
+        """TCP: the connection state the ``ip`` decoder saw (for flow records); else empty. Set, as
+        a Zeek ``conn_state`` code (``S0``, ``SF``, ``REJ``, ...), when a flow record is made."""
         self.id = ""
         """``flow.id``: set by the ``ip`` decoder when the flow is created."""
         self.community_id = ""
         """``network.community_id`` (Community ID v1): set by the ``ip`` decoder."""
+        self.client_is_low = True
+        """Whether the client's (address, port) is the first endpoint of :attr:`key`: a packet
+        from the key's first endpoint is from the client exactly when this is true."""
+        self.icmp: tuple[int, int] | None = None
+        """ICMP and ICMPv6: (type, code) of the flow's first message; else None."""
+        self.client_tcp = 0
+        """TCP: the flags of every segment the client sent, or-ed (plus ``SEEN_DATA`` once it sent
+        payload and ``SEEN_ANY`` once it sent anything)."""
+        self.server_tcp = 0
+        """TCP: as :attr:`client_tcp`, for the server."""
+        self.client_fin = NO_FIN
+        """TCP: the sequence number that acknowledges the client's FIN, ``NO_FIN`` before one was
+        seen, ``FIN_ACKED`` once the server acknowledged it."""
+        self.server_fin = NO_FIN
+        """TCP: as :attr:`client_fin`, for the server's FIN."""
+        self.fin_wait = False
+        """TCP: a FIN awaits its acknowledgement (the ``ip`` decoder then reads every segment's ACK)."""
+        self.closed: float | None = None
+        """Capture time the connection ended (both FINs acknowledged, or a RST); None while open."""
+        self.end_reason = ""
+        """Why the flow ended (``flow.end_reason``): ``fin``, ``rst``, ``timeout``, ``evicted`` or
+        ``end_of_input``; empty while it goes on."""
+        self.reported = -1.0
+        """Capture time of the last packet counted in the flow's latest record (-1.0: none yet)."""
 
     def __repr__(self) -> str:
         return (

@@ -1,13 +1,18 @@
-"""The ``pcap`` input: packets from pcap and pcapng files, read through libpcap (pcapy-ng).
+"""The ``pcap`` input: packets from pcap and pcapng files, or captured live from a network
+device, read through libpcap (pcapy-ng).
 
-Options:
+Give exactly one of ``files`` and ``device``. Options:
 
 ``files``
     Capture files or glob patterns (``*``, ``?``, ``[...]``, ``**`` for any depth), relative to
     the pipeline file. They are read in the order given; the files a pattern matches are read in
     name order. A file named twice is read once.
+``device``
+    Capture live from this network device (an interface name, or ``any`` for every interface,
+    as Linux cooked frames). Live capture is described in :mod:`.live`; its options are
+    ``snaplen``, ``promiscuous``, ``buffer_size``, ``immediate`` and ``timeout``.
 ``bpf_filter``
-    A BPF filter in tcpdump syntax; only the packets it matches are read.
+    A BPF filter in tcpdump syntax; only the packets it matches are read (or captured).
 ``realtime``
     ``false`` (the default) reads as fast as the pipeline takes packets. ``true`` paces packets by
     their capture timestamps, as they were captured: each file is replayed from its first packet,
@@ -18,19 +23,29 @@ Options:
 ``loop``
     How many times to read the files (``0``: forever, until stopped).
 
+``realtime``, ``speed`` and ``loop`` apply to files only; ``snaplen``, ``promiscuous``,
+``buffer_size``, ``immediate`` and ``timeout`` to live capture only: setting one of them to other
+than its default for the other source is a configuration error.
+
 Any file, pcap (microsecond or nanosecond) or pcapng, of any link type libpcap reads is accepted;
 each batch carries the link type libpcap reports for the file (its ``DLT_`` value, e.g. 12 for
 raw IP). Timestamps have microsecond precision.
 
-On a terminal, ``flowpipe run`` shows a progress bar from :meth:`PcapInput.progress`: packets
-delivered, bytes read of the total (the files' sizes times ``loop``; no total with ``loop: 0``),
-rate and ETA. Bytes read is the file's read position, so it is right for pcapng and with
-``bpf_filter`` too; with ``realtime`` it moves as the paced packets leave.
+On a terminal, ``flowpipe run`` shows a progress bar from :meth:`PcapInput.progress` when
+reading files: packets delivered, bytes read of the total (the files' sizes times ``loop``; no
+total with ``loop: 0``), rate and ETA. Bytes read is the file's read position, so it is right for
+pcapng and with ``bpf_filter`` too; with ``realtime`` it moves as the paced packets leave. Live
+capture has no progress bar; its counters ``kernel_received``, ``dropped.kernel`` and
+``dropped.interface`` (libpcap's ``pcap_stats``) are in the metrics and the summary instead.
 
 Start-up errors (exit status 1, one line naming the file, nothing is read): no file matches a
 pattern, a file is missing or unreadable, a file is not a capture (libpcap's "unknown file
 format"; an empty file; a file cut inside its file header), or ``bpf_filter`` does not compile
 (bad syntax, or not valid for a file's link type).
+
+Live capture fails at start (exit status 1, one line naming the device) when the device does not
+exist, capturing is not permitted, or ``bpf_filter`` does not compile. A device that goes down or
+away while capturing ends the input and the run exits with status 1.
 
 A truncated or corrupt file ends that file, not the run: every packet before the damage is
 delivered and processed, then the failure is reported with the file and the byte offset where the
@@ -47,40 +62,69 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from threading import Event
+from types import SimpleNamespace
 from typing import Any
 
 import pcapy
 
 from flowpipe import (
     Bool,
+    ByteSize,
+    Duration,
     Float,
     Input,
     InputProgress,
     Int,
     ListOf,
     Option,
+    OptionError,
     PacketBatch,
     StartupError,
     Str,
     hookimpl,
 )
 
-from .pcapfile import locate_damage
+from .live import LiveCapture
+from .pcapfile import MAX_SNAPLEN, locate_damage
 
 GLOB_CHARACTERS = frozenset("*?[")
+FILE_OPTIONS = frozenset(("realtime", "speed", "loop"))
+LIVE_OPTIONS = frozenset(("snaplen", "promiscuous", "buffer_size", "immediate", "timeout"))
+MAX_BUFFER_SIZE = (1 << 31) - 1
 
 
 class PcapInput(Input):
-    """Read packets from pcap or pcapng files (a list of paths or glob patterns)."""
+    """Read packets from pcap or pcapng files, or capture them live from a network device."""
 
     options = (
         Option(
             "files",
             ListOf(Str(nonempty=True), min_items=1),
-            required=True,
-            description="capture files or glob patterns, read in the order given (a pattern's in name order)",
+            None,
+            "capture files or glob patterns, read in the order given (a pattern's in name order)",
         ),
+        Option("device", Str(nonempty=True), None, "capture live from this network device, or any"),
         Option("bpf_filter", Str(), None, "BPF filter expression applied while reading (tcpdump syntax)"),
+        Option("snaplen", Int(1, MAX_SNAPLEN), MAX_SNAPLEN, "live: bytes kept of each packet"),
+        Option("promiscuous", Bool(), True, "live: put the device in promiscuous mode"),
+        Option(
+            "buffer_size",
+            ByteSize(),
+            "16MiB",
+            "live: the kernel's capture buffer (0: libpcap's default, 2MiB)",
+        ),
+        Option(
+            "immediate",
+            Bool(),
+            True,
+            "live: hand each packet over as it comes (false: the kernel gathers them for timeout)",
+        ),
+        Option(
+            "timeout",
+            Duration(),
+            "100ms",
+            "live: longest a packet waits in a partly filled batch (and, immediate false, in the kernel)",
+        ),
         Option(
             "realtime",
             Bool(),
@@ -96,7 +140,34 @@ class PcapInput(Input):
         Option("loop", Int(0), 1, "how many times to read the files (0 = forever)"),
     )
 
+    @classmethod
+    def check_config(cls, config: SimpleNamespace) -> list[OptionError]:
+        """Exactly one of files and device; no option of the other source; live limits."""
+        if (config.files is None) == (config.device is None):
+            where = () if config.files is None else ("device",)
+            return [OptionError("give exactly one of files or device", where)]
+        live = config.device is not None
+        other, source = (FILE_OPTIONS, "files") if live else (LIVE_OPTIONS, "live capture (device)")
+        problems = [
+            OptionError(f"applies to {source} only", (option.name,))
+            for option in cls.options
+            if option.name in other and getattr(config, option.name) != option.default_value()
+        ]
+        if live and config.timeout < 0.001:
+            problems.append(OptionError(f"must be at least 1ms, got {config.timeout:g}s", ("timeout",)))
+        if live and config.buffer_size > MAX_BUFFER_SIZE:
+            problems.append(
+                OptionError(
+                    f"must be less than 2GiB (libpcap's limit), got {config.buffer_size}", ("buffer_size",)
+                )
+            )
+        return problems
+
     def open(self) -> None:
+        self.live: LiveCapture | None = None
+        if self.config.device is not None:
+            self.live = LiveCapture(self.config, self.context)
+            return
         self.paths = self._expand(self.config.files)
         self.sizes = [path.stat().st_size for path in self.paths]
         self.packets = 0  # delivered so far (those that pass bpf_filter)
@@ -144,11 +215,20 @@ class PcapInput(Input):
                 raise StartupError(f"{where}: bpf_filter {self.config.bpf_filter!r}: {error}") from None
         return reader
 
-    def progress(self) -> InputProgress:
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+
+    def progress(self) -> InputProgress | None:
+        if self.live is not None:
+            return None
         total = sum(self.sizes) * self.config.loop if self.config.loop else None
         return InputProgress(self.packets, self.done_bytes, total)
 
     def read(self) -> Iterator[PacketBatch]:
+        if self.live is not None:
+            yield from self.live.read(self.stopping)
+            return
         pacer = _Pacer(self.config.speed, self.stopping) if self.config.realtime else None
         rounds = 0
         while self.config.loop == 0 or rounds < self.config.loop:

@@ -117,7 +117,7 @@ BROKEN = [
         inputs:
           - type: pcap
             files: [a.pcap]
-            snaplen: 100
+            workers: 4
             bpf_fliter: tcp
         outputs:
           - type: stdout
@@ -125,7 +125,7 @@ BROKEN = [
         """,
         (),
         [
-            "pipeline.yml:4:5: inputs.0.snaplen: unknown option; known options: <pcap options>",
+            "pipeline.yml:4:5: inputs.0.workers: unknown option; known options: <pcap options>",
             "pipeline.yml:5:5: inputs.0.bpf_fliter: unknown option (did you mean 'bpf_filter'?)",
             "pipeline.yml:8:5: outputs.0.codecs: unknown option (did you mean 'codec'?)",
         ],
@@ -154,12 +154,13 @@ BROKEN = [
         """\
         inputs:
           - type: pcap
-            loop: 2
+            files: [a.pcap]
         outputs:
-          - type: stdout
+          - type: file
+            codec: json
         """,
         (),
-        ["pipeline.yml:2:5: inputs.0.files: missing required option"],
+        ["pipeline.yml:5:5: outputs.0.path: missing required option"],
         id="missing-required-option",
     ),
     pytest.param(
@@ -439,7 +440,7 @@ def test_valid_config_does_not_open_inputs(tmp_path: Path) -> None:
     text = VALID.replace("[missing.pcap]", "[missing.pcap, garbage.pcap]")
     result = check(tmp_path, text)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "pipeline.yml: OK (1 inputs, 1 decoders, 0 processors, 1 outputs)\n"
+    assert result.stdout == "pipeline.yml: OK (1 inputs, 2 decoders, 0 processors, 1 outputs)\n"
 
 
 def test_valid_config_counts_every_stage(tmp_path: Path) -> None:
@@ -473,7 +474,7 @@ def test_env_substitution_feeds_validation(tmp_path: Path) -> None:
     ok = check(tmp_path, text, env={"FLOWPIPE_TEST_LOOPS": "3"})
     assert (ok.returncode, ok.stdout, ok.stderr) == (
         0,
-        "pipeline.yml: OK (1 inputs, 1 decoders, 0 processors, 1 outputs)\n",
+        "pipeline.yml: OK (1 inputs, 2 decoders, 0 processors, 1 outputs)\n",
         "",
     )
     assert_config_errors(
@@ -489,7 +490,9 @@ def test_env_substitution_feeds_validation(tmp_path: Path) -> None:
 
 def test_overrides_make_a_config_valid(tmp_path: Path) -> None:
     text = "inputs:\n  - type: pcap\noutputs: [{type: stdout}]\npipeline:\n"
-    assert_config_errors(check(tmp_path, text), "pipeline.yml:2:5: inputs.0.files: missing required option")
+    assert_config_errors(
+        check(tmp_path, text), "pipeline.yml:2:5: inputs.0: give exactly one of files or device"
+    )
     result = check(
         tmp_path,
         None,
@@ -503,7 +506,7 @@ def test_overrides_make_a_config_valid(tmp_path: Path) -> None:
         "outputs.1.codec=pretty",
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "pipeline.yml: OK (1 inputs, 1 decoders, 0 processors, 2 outputs)\n"
+    assert result.stdout == "pipeline.yml: OK (1 inputs, 2 decoders, 0 processors, 2 outputs)\n"
 
 
 def test_local_plugin_stage_is_validated(tmp_path: Path) -> None:
@@ -533,7 +536,7 @@ def test_local_plugin_stage_is_validated(tmp_path: Path) -> None:
     assert_config_errors(check(tmp_path, text), "pipeline.yml:8:5: processors.0.count: must be >= 1, got 0")
     result = check(tmp_path, text.replace("count: 0", "count: 2"))
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "pipeline.yml: OK (1 inputs, 1 decoders, 1 processors, 1 outputs)\n"
+    assert result.stdout == "pipeline.yml: OK (1 inputs, 2 decoders, 1 processors, 1 outputs)\n"
 
 
 def test_shipped_pipeline_is_valid() -> None:

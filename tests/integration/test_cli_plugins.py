@@ -93,7 +93,9 @@ def test_list_shows_kind_name_package_and_version(tmp_path: Path) -> None:
         "VERSION": VERSION,
         "DESCRIPTION": StdoutOutput.summary(),
     }
-    assert PcapInput.summary() == "Read packets from pcap or pcapng files (a list of paths or glob patterns)."
+    assert PcapInput.summary() == (
+        "Read packets from pcap or pcapng files, or capture them live from a network device."
+    )
 
 
 def test_list_has_every_registered_stage_once_in_kind_order(tmp_path: Path) -> None:
@@ -115,8 +117,14 @@ def test_show_pcap_options(tmp_path: Path) -> None:
     rows = option_table(result.stdout)
     assert [row["OPTION"] for row in rows] == [option.name for option in PcapInput.all_options()]
     assert {row["OPTION"]: (row["TYPE"], row["DEFAULT"]) for row in rows} == {
-        "files": ("list of string", "(required)"),
+        "files": ("list of string", "null"),
+        "device": ("string", "null"),
         "bpf_filter": ("string", "null"),
+        "snaplen": ("integer 1..262144", "262144"),
+        "promiscuous": ("boolean", "true"),
+        "buffer_size": ("byte size", "16MiB"),
+        "immediate": ("boolean", "true"),
+        "timeout": ("duration", "100ms"),
         "realtime": ("boolean", "false"),
         "speed": ("number > 0", "1.0"),
         "loop": ("integer >= 0", "1"),
@@ -156,10 +164,23 @@ def test_show_output_includes_common_options(tmp_path: Path) -> None:
 
 
 def test_show_plugin_without_options(tmp_path: Path) -> None:
-    result = flowpipe(tmp_path, "plugins", "ip")
+    (tmp_path / "plain.py").write_text(
+        "from flowpipe import Processor, hookimpl\n\n\n"
+        "class Plain(Processor):\n"
+        '    """Pass events on."""\n\n'
+        "    def process(self, events):\n"
+        "        return events\n\n\n"
+        "@hookimpl\n"
+        "def flowpipe_add_processors():\n"
+        '    return {"plain": Plain}\n'
+    )
+    (tmp_path / "pipeline.yml").write_text(
+        "plugins: [plain.py]\ninputs: [{type: pcap, files: [x.pcap]}]\noutputs: [{type: stdout}]\n"
+    )
+    result = flowpipe(tmp_path, "plugins", "-c", "pipeline.yml", "plain")
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
-    assert lines[0] == f"decoder 'ip' from package flowpipe {VERSION} (plugin 'ip')"
+    assert lines[0] == "processor 'plain' from local plugin 'plain.py'"
     assert lines[-1] == "options: none besides type and id"
 
 

@@ -73,10 +73,13 @@ DECODER_DROPS = (
 def run(
     folder: Path, packets: list[tuple[float, bytes]], linktype: int = 1
 ) -> subprocess.CompletedProcess[str]:
-    """Write ``packets`` to a capture and run the pcap -> (default decoders) -> stdout pipeline."""
+    """Write ``packets`` to a capture and run the pcap -> ip -> stdout pipeline: the ``ip`` decoder
+    alone, without flow records, emits one event per packet."""
     write_pcap(folder / "capture.pcap", packets, linktype=linktype)
     (folder / "pipeline.yml").write_text(
-        "inputs:\n  - type: pcap\n    files: [capture.pcap]\noutputs:\n  - type: stdout\n    codec: json\n"
+        "inputs:\n  - type: pcap\n    files: [capture.pcap]\n"
+        "decoders:\n  - type: ip\n    flows: {enabled: false}\n"
+        "outputs:\n  - type: stdout\n    codec: json\n"
     )
     return subprocess.run(
         [sys.executable, "-m", "flowpipe", "run", "-c", str(folder / "pipeline.yml")],

@@ -55,7 +55,7 @@ def _pipeline(project: Path, plugins: list[str], processors: str = "") -> Path:
         "plugins:\n"
         + "".join(f"  - {plugin}\n" for plugin in plugins)
         + "inputs:\n  - type: pcap\n    files: [capture.pcap]\n"
-        + "decoders:\n  - type: ip\n"
+        + "decoders:\n  - type: ip\n    flows: {enabled: false}\n"
         + processors
         + "outputs:\n  - type: stdout\n",
     )

@@ -71,7 +71,13 @@ class Run:
 def pipeline(folder: Path, **pcap: Any) -> Path:
     """A pipeline file in ``folder``: one pcap input with ``pcap`` options, events to stdout."""
     path = folder / "pipeline.yml"
-    document = {"inputs": [{"type": "pcap", **pcap}], "outputs": [{"type": "stdout", "codec": "json"}]}
+    document = {
+        "inputs": [{"type": "pcap", **pcap}],
+        "decoders": [
+            {"type": "ip", "flows": {"enabled": False}}
+        ],  # per-packet events: what these tests count
+        "outputs": [{"type": "stdout", "codec": "json"}],
+    }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 

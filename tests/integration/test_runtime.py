@@ -42,7 +42,7 @@ def write_pipeline(tmp_path: Path, *, batch_size: int = 100, **sections: Any) ->
     """A pipeline file using the test plugins, the ``ip`` decoder and the given sections."""
     document: dict[str, Any] = {
         "plugins": [str(PLUGINS / "counting.py"), str(PLUGINS / "recording.py")],
-        "decoders": [{"type": "ip"}],
+        "decoders": [{"type": "ip", "flows": {"enabled": False}}],  # one event per packet
         **sections,
     }
     document["pipeline"] = {"batch_size": batch_size, **document.get("pipeline", {})}

@@ -32,7 +32,7 @@ HEADLINE = re.compile(
 def write_pipeline(tmp_path: Path, **sections: Any) -> Path:
     document: dict[str, Any] = {
         "plugins": [str(PLUGINS / "counting.py"), str(PLUGINS / "recording.py")],
-        "decoders": [{"type": "ip"}],
+        "decoders": [{"type": "ip", "flows": {"enabled": False}}],  # one event per packet
         **sections,
     }
     path = tmp_path / "pipeline.yml"

@@ -54,6 +54,7 @@ def _pipeline(folder: Path, output: str) -> Path:
         "    files: [capture.pcap]\n"
         "decoders:\n"
         "  - type: ip\n"
+        "    flows: {enabled: false}\n"
         "processors:\n"
         "  - type: example_tag\n"
         "    field: labels.plugin\n"
@@ -134,7 +135,7 @@ def test_options_of_a_third_party_stage_are_validated(wheel_env: WheelEnv, tmp_p
 
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        f"flowpipe: {pipeline}:8:5: processors.0.feild: unknown option (did you mean 'field'?)\n"
+        f"flowpipe: {pipeline}:9:5: processors.0.feild: unknown option (did you mean 'field'?)\n"
     )
 
 

@@ -18,27 +18,34 @@ from captures import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
     ethernet,
+    gre,
     icmp,
     icmp6,
     ip_packet,
+    ip_raw,
     ipv6_fragment_header,
     ipv6_options_header,
     ipv6_packet,
     linux_sll,
     linux_sll2,
     loopback,
+    ppp,
+    pppoe_session,
     tcp,
     tcp_frame,
     udp,
     udp_frame,
+    vxlan,
 )
-from flowpipe.plugins.decoders import ip as ip_module
-from flowpipe.plugins.decoders.ip import IpDecoder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flowpipe import PacketBatch, StageContext
 from flowpipe.event import Event
 from flowpipe.metrics import Counters
-from flowpipe.options import build_namespace
+from flowpipe.options import build_namespace, validate_options
+from flowpipe.plugins.decoders import ip as ip_module
+from flowpipe.plugins.decoders.ip import IpDecoder
 
 TIMESTAMP = 1_700_000_000.123  # 2023-11-14T22:13:20.123Z
 PACKET_EVENT = {"kind": "event", "category": ["network"], "dataset": "packet"}
@@ -48,9 +55,16 @@ ETHERTYPE_ARP = 0x0806
 DLT_RAW = 12  # what libpcap reports for LINKTYPE_RAW files on Linux
 
 
-def make_decoder() -> IpDecoder:
-    """An ``ip`` decoder built as the pipeline builds it: validated options and a context."""
-    return IpDecoder(build_namespace(IpDecoder.options, {}), StageContext("ip", Counters("ip", "decoder")))
+def make_decoder(**options: object) -> IpDecoder:
+    """An ``ip`` decoder built as the pipeline builds it: validated options and a context.
+
+    Flow records are off unless ``options`` say otherwise: these tests are about packets.
+    """
+    options.setdefault("flows", {"enabled": False})
+    assert validate_options(IpDecoder.options, options) == []
+    return IpDecoder(
+        build_namespace(IpDecoder.options, options), StageContext("ip", Counters("ip", "decoder"))
+    )
 
 
 def decode(
@@ -619,3 +633,400 @@ def test_address_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder.decode(batch, events)
     assert [event["source"]["ip"] for event in events] == sources + sources[:2]
     assert len(decoder._addresses) <= 3
+
+
+# -- PPP, HDLC, MPLS ------------------------------------------------------------------------------
+
+LINKTYPE_PPP, LINKTYPE_PPP_HDLC, LINKTYPE_PPP_ETHER, LINKTYPE_C_HDLC = 9, 50, 51, 104
+MPLS = 0x8847
+
+
+def compressed_ppp(packet: dpkt.Packet) -> bytes:
+    """A PPP frame without address and control bytes and with a one-byte protocol field."""
+    return bytes((0x21 if isinstance(packet, dpkt.ip.IP) else 0x57,)) + bytes(packet)
+
+
+def mpls(packet: dpkt.Packet, labels: int = 2) -> bytes:
+    """``labels`` MPLS label stack entries (the last with the bottom-of-stack bit), then ``packet``."""
+    return b"".join(
+        struct.pack("!I", (16 + index) << 12 | (index == labels - 1) << 8 | 64) for index in range(labels)
+    ) + bytes(packet)
+
+
+@pytest.mark.parametrize(
+    ("link_type", "frame"),
+    [
+        (LINKTYPE_PPP, ppp),
+        (LINKTYPE_PPP, lambda packet: ppp(packet, framing=False)),
+        (LINKTYPE_PPP, compressed_ppp),
+        (LINKTYPE_PPP_HDLC, ppp),
+        (LINKTYPE_PPP_HDLC, lambda packet: struct.pack("!BBH", 0x0F, 0, _ethertype(packet)) + bytes(packet)),
+        (LINKTYPE_C_HDLC, lambda packet: struct.pack("!BBH", 0x8F, 0, _ethertype(packet)) + bytes(packet)),
+        (LINKTYPE_PPP_ETHER, pppoe_session),
+        (LINKTYPE_ETHERNET, lambda packet: ethernet(pppoe_session(packet), ethertype=0x8864)),
+        (LINKTYPE_ETHERNET, lambda packet: ethernet(mpls(packet), ethertype=MPLS)),
+        (LINKTYPE_ETHERNET, lambda packet: ethernet(mpls(packet, labels=1), ethertype=MPLS, vlans=[3])),
+    ],
+    ids=[
+        "ppp",
+        "ppp-unframed",
+        "ppp-compressed",
+        "ppp-hdlc",
+        "ppp-hdlc-cisco",
+        "c-hdlc",
+        "ppp-ether",
+        "pppoe",
+        "mpls",
+        "vlan-mpls",
+    ],
+)
+def test_ppp_hdlc_and_mpls(link_type: int, frame) -> None:
+    events, counters = decode([frame(IPV4_TCP), frame(IPV6_UDP)], link_type)
+    assert [endpoints(event) for event in events] == EXPECTED
+    assert counters == {}
+
+
+def _ethertype(packet: dpkt.Packet) -> int:
+    return 0x0800 if isinstance(packet, dpkt.ip.IP) else 0x86DD
+
+
+@pytest.mark.parametrize(
+    ("link_type", "frame", "reason"),
+    [
+        (LINKTYPE_PPP, ppp(bytes(20), protocol=0xC021), "not_ip"),  # LCP
+        (LINKTYPE_ETHERNET, ethernet(pppoe_session(bytes(20), protocol=0x8021), ethertype=0x8864), "not_ip"),
+        (LINKTYPE_PPP, b"\xff\x03\x00", "malformed.truncated_ppp"),
+        (LINKTYPE_PPP_ETHER, b"\x11\x00\x00\x01", "malformed.truncated_ppp"),
+        (LINKTYPE_C_HDLC, b"\x0f\x00\x08", "malformed.truncated_hdlc"),
+        (LINKTYPE_ETHERNET, ethernet(b"\x00\x01\x01", ethertype=MPLS), "malformed.truncated_mpls"),
+        (LINKTYPE_ETHERNET, ethernet(mpls(b"\x00" * 20, labels=1), ethertype=MPLS), "not_ip"),  # pseudowire
+        (LINKTYPE_ETHERNET, ethernet(bytes(80), ethertype=MPLS), "malformed.too_many_link_headers"),
+    ],
+    ids=["lcp", "pppoe-ipcp", "ppp-cut", "pppoe-cut", "hdlc-cut", "mpls-cut", "mpls-not-ip", "mpls-endless"],
+)
+def test_ppp_and_mpls_that_are_not_ip_or_cut_are_counted(link_type: int, frame: bytes, reason: str) -> None:
+    events, counters = decode([frame], link_type)
+    assert (events, counters) == ([], {f"dropped.{reason}": 1})
+
+
+# -- tunnels --------------------------------------------------------------------------------------
+
+OUTER_A, OUTER_B = "10.0.0.1", "10.0.0.2"
+INNER_V4 = ip_packet(V4_SRC, V4_DST, tcp(40000, 80))
+INNER_V6 = ip_packet(V6_SRC, V6_DST, udp(5353, 53))
+
+
+def erspan_ii(frame: bytes) -> bytes:
+    """ERSPAN type II: GRE with a sequence number, the 8-byte ERSPAN header, the mirrored frame."""
+    return gre(struct.pack("!II", 0x1000_0001, 0) + frame, 0x88BE, sequence=1)
+
+
+def erspan_iii(frame: bytes, platform: bool = False) -> bytes:
+    """ERSPAN type III: GRE with a sequence number, the 12-byte header (and the optional 8-byte
+    platform subheader), the mirrored frame."""
+    header = struct.pack("!IIHH", 0x2000_0001, 0, 0, 1 if platform else 0) + (bytes(8) if platform else b"")
+    return gre(header + frame, 0x22EB, sequence=1)
+
+
+def pptp(packet: dpkt.Packet, sequence: bool = True, ack: bool = True) -> bytes:
+    """Enhanced GRE (version 1) as PPTP sends it: key (payload length, call id), optional
+    sequence and acknowledgement numbers, then a PPP frame."""
+    frame = ppp(packet)
+    flags = 0x2001 | (0x1000 if sequence else 0) | (0x0080 if ack else 0)
+    header = struct.pack("!HHHH", flags, 0x880B, len(frame), 7)
+    return header + (b"\x00\x00\x00\x01" if sequence else b"") + (b"\x00\x00\x00\x00" if ack else b"") + frame
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner"),
+    [
+        (ip_raw(OUTER_A, OUTER_B, 4, bytes(INNER_V4)), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 41, bytes(INNER_V6)), EXPECTED[1]),
+        (ip_raw("2001:db8::a", "2001:db8::b", 4, bytes(INNER_V4)), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(INNER_V4, 0x0800)), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(INNER_V6, 0x86DD, key=9, sequence=3, checksum=True)), EXPECTED[1]),
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(ethernet(INNER_V4), 0x6558)), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(ethernet(INNER_V4), 0x88BE)), EXPECTED[0]),  # ERSPAN type I
+        (ip_raw(OUTER_A, OUTER_B, 47, erspan_ii(ethernet(INNER_V6))), EXPECTED[1]),
+        (ip_raw(OUTER_A, OUTER_B, 47, erspan_iii(ethernet(INNER_V4))), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 47, erspan_iii(ethernet(INNER_V4), platform=True)), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 47, pptp(INNER_V4)), EXPECTED[0]),
+        (ip_raw(OUTER_A, OUTER_B, 47, pptp(INNER_V6, sequence=False)), EXPECTED[1]),
+        (ip_packet(OUTER_A, OUTER_B, udp(50000, 4789, vxlan(ethernet(INNER_V4), 5))), EXPECTED[0]),
+        (
+            ip_packet(
+                OUTER_A,
+                OUTER_B,
+                udp(50000, 4789, vxlan(ethernet(ip_raw(OUTER_A, OUTER_B, 47, gre(INNER_V6, 0x86DD))), 5)),
+            ),
+            EXPECTED[1],
+        ),
+    ],
+    ids=[
+        "ipip",
+        "6in4",
+        "4in6",
+        "gre",
+        "gre-options",
+        "gre-ethernet",
+        "erspan-i",
+        "erspan-ii",
+        "erspan-iii",
+        "erspan-iii-platform",
+        "pptp",
+        "pptp-no-sequence",
+        "vxlan",
+        "gre-in-vxlan",
+    ],
+)
+def test_tunnels_are_decapsulated(outer: bytes | dpkt.Packet, inner: tuple) -> None:
+    events, counters = decode([ethernet(outer)])
+    assert [endpoints(event) for event in events] == [inner]
+    assert events[0]["network"]["bytes"] == len(ethernet(outer))
+    assert counters == {}
+
+
+def test_vlan_tags_of_inner_ethernet_frames_follow_the_outer_ones() -> None:
+    outer = ip_packet(OUTER_A, OUTER_B, udp(50000, 4789, vxlan(ethernet(INNER_V4, vlans=[30]), 5)))
+    events, _ = decode([ethernet(outer, vlans=[10])])
+    assert (events[0]["network"]["vlan"], events[0]["network"]["inner"]) == (
+        {"id": "10"},
+        {"vlan": {"id": "30"}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("outer", "transport"),
+    [
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(INNER_V4, 0x1234)), "gre"),  # unknown payload
+        (ip_raw(OUTER_A, OUTER_B, 47, b"\x40\x00\x08\x00" + bytes(INNER_V4)), "gre"),  # source routing
+        (ip_raw(OUTER_A, OUTER_B, 47, b"\x00\x02\x08\x00" + bytes(INNER_V4)), "gre"),  # version 2
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(INNER_V4, 0x0800, key=1)[:6]), "gre"),  # cut in the options
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(bytes(INNER_V4)[:30], 0x0800)), "gre"),  # inner cut
+        (ip_raw(OUTER_A, OUTER_B, 47, gre(bytes(20), 0x0806)), "gre"),  # ARP
+        (ip_raw(OUTER_A, OUTER_B, 4, bytes(INNER_V6)), "ipv4"),  # IPv6 where IPv4 belongs
+        (ip_raw(OUTER_A, OUTER_B, 41, b""), "ipv6"),
+    ],
+    ids=["unknown", "routing", "version-2", "options-cut", "inner-cut", "arp", "wrong-version", "empty"],
+)
+def test_tunnel_packets_that_cannot_be_decapsulated_stay_outer_packets(outer: bytes, transport: str) -> None:
+    events, counters = decode([ethernet(outer)])
+    assert [endpoints(event) for event in events] == [(OUTER_A, None, OUTER_B, None, transport, "ipv4")]
+    assert counters == {}
+
+
+def test_vxlan_needs_a_valid_vni_and_a_configured_port() -> None:
+    inner = ethernet(INNER_V4)
+    frames = [
+        udp_frame(OUTER_A, OUTER_B, 50000, 4789, vxlan(inner, 5, valid=False)),
+        udp_frame(OUTER_A, OUTER_B, 50000, 4789, vxlan(inner, 5)[:20]),
+        udp_frame(OUTER_A, OUTER_B, 50000, 8472, vxlan(inner, 5)),
+    ]
+    events, _ = decode(frames)
+    assert [endpoints(event)[3] for event in events] == [4789, 4789, 8472]
+    decoder = make_decoder(vxlan_ports=[8472])
+    batch = PacketBatch(LINKTYPE_ETHERNET, "test")
+    for frame in frames:
+        batch.append(TIMESTAMP, frame, len(frame))
+    events = []
+    decoder.decode(batch, events)
+    assert [endpoints(event) for event in events] == [
+        (OUTER_A, 50000, OUTER_B, 4789, "udp", "ipv4"),
+        (OUTER_A, 50000, OUTER_B, 4789, "udp", "ipv4"),
+        EXPECTED[0],
+    ]
+
+
+def test_tunnels_nested_deeper_than_the_limit_stay_the_last_tunnel_packet() -> None:
+    packet = bytes(INNER_V4)
+    for _ in range(ip_module.MAX_ENCAPSULATIONS + 1):
+        packet = ip_raw(OUTER_A, OUTER_B, 4, packet)
+    events, _ = decode([ethernet(packet)])
+    assert [endpoints(event) for event in events] == [(OUTER_A, None, OUTER_B, None, "ipv4", "ipv4")]
+
+
+# -- forwarding to the next decoder ---------------------------------------------------------------
+
+
+def forward(
+    frames: list[bytes], wire_lengths: list[int] | None = None
+) -> tuple[list, list[Event], dict[str, int]]:
+    """Decode ``frames`` with a decoder following the ``ip`` decoder: forwarded packets, events,
+    counters."""
+    decoder = make_decoder()
+    decoder.downstream = True
+    batch = PacketBatch(LINKTYPE_ETHERNET, "test")
+    for index, frame in enumerate(frames):
+        batch.append(TIMESTAMP + index, frame, len(frame) if wire_lengths is None else wire_lengths[index])
+    events: list[Event] = []
+    forwarded = decoder.decode(batch, events) or []
+    return forwarded, events, decoder.context.counters.values
+
+
+def test_tcp_and_udp_packets_are_forwarded_with_their_flow() -> None:
+    frames = [
+        tcp_frame(V4_SRC, V4_DST, 40000, 80, flags=dpkt.tcp.TH_SYN, seq=7),
+        tcp_frame(V4_DST, V4_SRC, 80, 40000, flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, seq=99, ack=8),
+        tcp_frame(
+            V4_SRC, V4_DST, 40000, 80, b"hello", flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, seq=8, ack=100
+        ),
+        udp_frame(V6_SRC, V6_DST, 5353, 53, b"query"),
+        ethernet(ip_packet(V4_SRC, V4_DST, icmp(8))),
+    ]
+    forwarded, events, counters = forward(frames)
+    assert events == []  # no per-packet events; flow records are off in these tests
+    assert [(packet[:1], packet[2:]) for packet in forwarded] == [
+        ((TIMESTAMP,), (True, b"", 0, 0x02, 7, 0, 65535)),
+        ((TIMESTAMP + 1,), (False, b"", 0, 0x12, 99, 8, 65535)),
+        ((TIMESTAMP + 2,), (True, b"hello", 0, 0x18, 8, 100, 65535)),
+        ((TIMESTAMP + 3,), (True, b"query", 0, 0, 0, 0, 0)),
+    ]
+    tcp_flow, udp_flow = forwarded[0].flow, forwarded[3].flow
+    assert forwarded[1].flow is tcp_flow and forwarded[2].flow is tcp_flow
+    assert (tcp_flow.client_ip, tcp_flow.client_port, tcp_flow.server_ip, tcp_flow.server_port) == (
+        V4_SRC,
+        40000,
+        V4_DST,
+        80,
+    )
+    assert (tcp_flow.client_packets, tcp_flow.server_packets, tcp_flow.protocol, tcp_flow.network_type) == (
+        2,
+        1,
+        6,
+        "ipv4",
+    )
+    assert (udp_flow.client_ip, udp_flow.client_port, udp_flow.protocol) == (V6_SRC, 5353, 17)
+    assert tcp_flow.id and tcp_flow.community_id.startswith("1:")
+    assert counters == {"flows": 3}
+
+
+def test_forwarded_payload_ends_with_the_ip_packet_not_the_frame() -> None:
+    padded = tcp_frame(V4_SRC, V4_DST, 40000, 80, b"ab", flags=dpkt.tcp.TH_ACK) + bytes(6)  # Ethernet padding
+    udp_padded = udp_frame(V4_SRC, V4_DST, 5000, 53, b"xyz") + bytes(10)
+    forwarded, _, _ = forward([padded, udp_padded])
+    assert [(packet.payload, packet.missing) for packet in forwarded] == [(b"ab", 0), (b"xyz", 0)]
+
+
+def test_bytes_cut_by_the_snapshot_length_are_missing() -> None:
+    tcp_packet = tcp_frame(V4_SRC, V4_DST, 40000, 80, b"0123456789", flags=dpkt.tcp.TH_ACK)
+    udp_packet = udp_frame(V6_SRC, V6_DST, 5000, 53, b"0123456789")
+    forwarded, _, _ = forward([tcp_packet[:58], udp_packet[:66]], [len(tcp_packet), len(udp_packet)])
+    assert [(packet.payload, packet.missing) for packet in forwarded] == [(b"0123", 6), (b"0123", 6)]
+
+
+def test_tcp_options_are_skipped_and_udp_length_bounds_the_payload() -> None:
+    segment = tcp(40000, 80, b"data", flags=dpkt.tcp.TH_ACK)
+    segment.opts = b"\x02\x04\x05\xb4\x01\x01\x04\x02"  # MSS, NOP, NOP, SACK permitted
+    segment.off = 7
+    datagram = bytearray(bytes(ip_packet(V4_SRC, V4_DST, udp(5000, 53, b"abcdef"))))
+    struct.pack_into("!H", datagram, 24, 8 + 4)  # a UDP length shorter than the IP payload
+    forwarded, _, _ = forward([ethernet(ip_packet(V4_SRC, V4_DST, segment)), ethernet(bytes(datagram))])
+    assert [packet.payload for packet in forwarded] == [b"data", b"abcd"]
+
+
+def test_packets_that_cannot_be_forwarded_are_counted_but_still_in_their_flow() -> None:
+    whole = tcp_frame(V4_SRC, V4_DST, 40000, 80, flags=dpkt.tcp.TH_ACK)
+    bad_offset = bytearray(whole)
+    bad_offset[46] = 0x40  # data offset 4 words: 16 bytes, less than a TCP header
+    beyond = bytearray(whole)
+    beyond[46] = 0xF0  # 60 bytes of header in a 20-byte segment
+    fragment = ethernet(ipv4_bytes(udp(5000, 53, b"x" * 16), mf=1))
+    frames = [
+        whole[:44],
+        bytes(bad_offset),
+        bytes(beyond),
+        udp_frame(V4_SRC, V4_DST, 5000, 53)[:40],
+        fragment,
+    ]
+    forwarded, _, counters = forward(frames)
+    assert forwarded == []
+    assert counters == {
+        "dropped.malformed.truncated_tcp": 1,
+        "dropped.malformed.bad_tcp_header_length": 2,
+        "dropped.malformed.truncated_udp": 1,
+        "dropped.fragment": 1,
+        "flows": 2,
+    }
+
+
+def test_timeout_must_be_positive() -> None:
+    config = build_namespace(IpDecoder.options, {"flows": {"timeout": 0}})
+    assert [(error.path, error.message) for error in IpDecoder.check_config(config)] == [
+        (("flows", "timeout"), "must be more than 0")
+    ]
+
+
+# -- fuzzing: every mode, random damage -----------------------------------------------------------
+
+FUZZ_SEEDS = [
+    tcp_frame(V4_SRC, V4_DST, 40000, 80, b"data", flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_FIN, seq=5, ack=9),
+    tcp_frame(V6_SRC, V6_DST, 40000, 80, flags=dpkt.tcp.TH_SYN),
+    udp_frame(V4_SRC, V4_DST, 5000, 53, b"query"),
+    ethernet(ip_packet(V6_SRC, V6_DST, icmp6(128))),
+    ethernet(ip_raw(OUTER_A, OUTER_B, 47, erspan_ii(ethernet(INNER_V4, vlans=[4])))),
+    ethernet(ip_raw(OUTER_A, OUTER_B, 47, pptp(INNER_V6))),
+    udp_frame(OUTER_A, OUTER_B, 50000, 4789, vxlan(ethernet(INNER_V6), 5)),
+    ethernet(pppoe_session(INNER_V4), ethertype=0x8864, vlans=[7, 8]),
+    ethernet(mpls(INNER_V6), ethertype=MPLS),
+    ethernet(ipv4_bytes(udp(5000, 6000, b"b" * 16), offset=3)),
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.sampled_from(FUZZ_SEEDS),
+    damage=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 250),
+    downstream=st.booleans(),
+)
+def test_damaged_packets_never_raise_in_any_mode(
+    seed: bytes, damage: list[tuple[int, int]], cut: int, downstream: bool
+) -> None:
+    data = bytearray(seed)
+    for position, value in damage:
+        data[position % len(data)] = value
+    frames = [bytes(data[:cut]), bytes(data), seed]
+    decoder = make_decoder(flows={"max_flows": 2, "period": "1s"})
+    decoder.downstream = downstream
+    batch = PacketBatch(LINKTYPE_ETHERNET, "test")
+    for index, frame in enumerate(frames):
+        batch.append(TIMESTAMP + index, frame, len(frame))
+    events: list[Event] = []
+    forwarded = decoder.decode(batch, events) or []
+    assert len(decoder.flows.flows) <= 2
+    decoder.flush(events)
+    assert all(isinstance(packet.payload, bytes) and packet.missing >= 0 for packet in forwarded)
+    flows = [event for event in events if event["event"]["dataset"] == "flow" and event["flow"]["final"]]
+    counted = sum(event["network"]["packets"] for event in flows)
+    drops = decoder.context.counters.drops()
+    if downstream:
+        assert len(forwarded) <= counted <= len(frames)
+    else:
+        assert counted == len(events) - len(flows) - sum(
+            1 for event in events if event["event"]["dataset"] == "flow" and not event["flow"]["final"]
+        )
+        assert counted + sum(drops.values()) == len(frames)
+
+
+def test_fragments_reach_the_defragmentation_hook_with_their_header_offsets() -> None:
+    seen = []
+
+    class Recording(IpDecoder):
+        def _fragment(self, timestamp, frame, decoded):
+            seen.append((decoded[0], decoded[2], decoded[7]))
+            return None  # held: nothing to decode yet
+
+    first_v4 = ethernet(ipv4_bytes(udp(5000, 6000, b"a" * 16), mf=1))
+    later_v4 = ethernet(ipv4_bytes(udp(5000, 6000, b"b" * 16), offset=3), vlans=[5])
+    later_v6 = ethernet(
+        ipv6_packet(V6_SRC, V6_DST, 0, ipv6_options_header(44) + ipv6_fragment_header(17, 8) + bytes(16))
+    )
+    whole = udp_frame(V4_SRC, V4_DST, 5000, 6000)
+    decoder = Recording(make_decoder().config, StageContext("ip", Counters("ip", "decoder")))
+    batch = PacketBatch(LINKTYPE_ETHERNET, "test")
+    for frame in (first_v4, later_v4, later_v6, whole):
+        batch.append(TIMESTAMP, frame, len(frame))
+    events: list[Event] = []
+    decoder.decode(batch, events)
+    assert seen == [("ipv4", 34, 14), ("ipv4", -1, 18), ("ipv6", -1, 62)]
+    assert [endpoints(event) for event in events] == [(V4_SRC, 5000, V4_DST, 6000, "udp", "ipv4")]

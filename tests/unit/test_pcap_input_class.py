@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from captures import tcp_frame, udp_frame, write_pcap, write_pcapng
-from flowpipe.plugins.inputs.pcap import PcapInput
 
 from flowpipe import PacketBatch, StageContext, StartupError
 from flowpipe.metrics import Counters
 from flowpipe.options import build_namespace
+from flowpipe.plugins.inputs.pcap import PcapInput
 from flowpipe.progress import ProgressBar
 
 T0 = 1_700_000_000.0
