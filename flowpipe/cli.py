@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -10,6 +11,8 @@ from .errors import EXIT_CONFIG, FlowpipeError
 from .registry import Registry
 
 __all__ = ["main"]
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program ended by SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `flowpipe plugins | head`: the reader left, say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -259,3 +259,16 @@ def test_list_with_an_invalid_pipeline_reports_its_errors(local_plugin_pipeline:
     assert result.stderr.splitlines() == [
         f"flowpipe: pipeline.yml:1:11: plugins.0: local plugin 'tager.py': no such file {cwd}/tager.py",
     ]
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path: Path) -> None:
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "flowpipe", "plugins", "ip"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()  # like `| head -0`: nobody reads
+    stderr = listing.stderr.read().decode()
+    assert (listing.wait(timeout=30), stderr) == (141, "")
