@@ -283,6 +283,31 @@ def ipv6_fragment_header(
     return struct.pack("!BBHI", next_header, 0, offset | int(more), identification)
 
 
+def ip_fragment(
+    src: str, dst: str, protocol: int, data: bytes, offset: int, more: bool, identification: int = 1
+) -> bytes:
+    """One fragment, as raw IPv4 or IPv6 bytes (from the address family), carrying ``data`` at byte
+    ``offset`` (a multiple of 8) of its datagram's payload; ``more``: the MF flag. IPv6 fragments
+    have a fragment header whose next header is ``protocol``."""
+    if offset % 8:
+        raise ValueError(f"a fragment offset is a multiple of 8 bytes, not {offset}")
+    source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if source.version == 6:
+        header = ipv6_fragment_header(protocol, offset, more, identification)
+        return ipv6_packet(src, dst, 44, header + data)
+    return bytes(
+        dpkt.ip.IP(
+            src=source.packed,
+            dst=destination.packed,
+            p=protocol,
+            id=identification,
+            mf=int(more),
+            offset=offset >> 3,
+            data=data,
+        )
+    )
+
+
 def tcp_frame(src: str, dst: str, sport: int, dport: int, data: bytes = b"", **fields: int) -> bytes:
     """An Ethernet frame carrying one TCP segment over IPv4 or IPv6 (``fields``: flags, seq, ack)."""
     return ethernet(ip_packet(src, dst, tcp(sport, dport, data, **fields)))

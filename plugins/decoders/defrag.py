@@ -156,6 +156,10 @@ class Defragmenter:
         """Datagrams in reassembly."""
         return len(self._datagrams)
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether a datagram with ``key`` is in reassembly."""
+        return key in self._datagrams
+
     def add(
         self, key: Hashable, timestamp: float, offset: int, more_fragments: bool, data: bytes | memoryview
     ) -> bytes | None:

@@ -19,8 +19,31 @@ which key a cache of their text form, and forwarded payloads):
 - transport: TCP, UDP and SCTP ports, TCP flags, sequence and acknowledgement numbers, ICMP and
   ICMPv6 type and code. A fragment other than the first carries no transport header.
 
-Fragments go through :meth:`IpDecoder._fragment`, the place of defragmentation. Without it a
-fragment is decoded as it stands: the first with its ports, later ones by addresses only.
+Fragments go through :meth:`IpDecoder._fragment`: with ``defrag.enabled`` (the default) every
+IPv4 fragment (MF set or an offset) and every IPv6 packet with a fragment header is reassembled
+by a :class:`~.defrag.Defragmenter` (its docstring says how overlaps, duplicates, timeouts and caps
+are handled), keyed on (source, destination, identification, protocol) for IPv4 and (source,
+destination, identification) for IPv6, whose transport protocol is the offset-0 fragment's next
+header (an extension header there is not walked: the datagram is then reported by addresses only).
+A datagram is decoded, once its last missing fragment arrives, exactly as an unfragmented packet
+with the reassembled payload, and stands for all its fragments: it counts as that many packets in
+its flow, with the sum of their frame lengths as bytes (so flow counts match frame counts), and
+when the ``ip`` decoder is last it makes one per-packet event, at the completing fragment's time,
+whose ``network.bytes`` is that sum and ``network.packets`` the number of fragments. A fragment
+that does not complete its datagram makes no event and is counted as ``defrag.held``; fragments
+of a datagram that never completes are in no flow and make no event (the datagram is counted as
+dropped, below). A fragment the capture cut short (snapshot length) cannot be reassembled and is
+decoded as it stands, as with ``defrag.enabled: false``: the first fragment with its ports, later
+ones by addresses only.
+
+Defragmentation counters, merged once per batch: ``defrag.held`` (fragments held),
+``defrag.reassembled`` (datagrams completed), ``defrag.duplicate`` and ``defrag.overlap``
+(fragments; first copy wins); datagrams lost as ``dropped.defrag.timeout`` (also those still
+incomplete at the end of the input), ``dropped.defrag.too_many_fragments``,
+``dropped.defrag.too_many_datagrams`` and ``dropped.defrag.too_many_bytes``; malformed fragments,
+dropped alone, as ``dropped.malformed.fragment_bad_length``, ``dropped.malformed.fragment_bad_end``
+and ``dropped.malformed.fragment_too_long`` (also an IPv4 datagram whose header and payload exceed
+65,535 bytes).
 
 Every packet is counted in a flow (see :mod:`.flows`): flows are keyed on protocol, both
 endpoints and the VLAN tags; ports for TCP, UDP and SCTP; for ICMP and ICMPv6 the type and its
@@ -41,15 +64,16 @@ What else comes out depends on the decoders that follow:
   the per-packet form of the values Packetbeat's ICMP transactions report as
   ``icmp.request.type``/``icmp.request.code``;
 - followed by a decoder (``tcp``): no per-packet events; every TCP and UDP packet that is not a
-  fragment is forwarded as a :class:`~.transport.TransportPacket` with its flow.
+  fragment, and every reassembled TCP and UDP datagram (one packet with the whole payload), is
+  forwarded as a :class:`~.transport.TransportPacket` with its flow.
 
 Nothing raises out of :meth:`IpDecoder.decode`. A packet whose headers are cut short or
 impossible is dropped and counted as ``dropped.malformed.<reason>``; one that is not IP (ARP, LLC,
 ...) as ``dropped.not_ip``; a batch of a link type not listed above as
 ``dropped.unsupported_link_type``. A TCP or UDP packet counted in its flow but not forwarded
 because its transport header is cut short counts as ``dropped.malformed.truncated_tcp`` (or
-``_udp``) or ``dropped.malformed.bad_tcp_header_length``, and a fragment as
-``dropped.fragment``.
+``_udp``) or ``dropped.malformed.bad_tcp_header_length``, and a fragment that is not reassembled
+as ``dropped.fragment``.
 """
 
 from __future__ import annotations
@@ -60,7 +84,10 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 from flowpipe import (
+    Bool,
+    ByteSize,
     Decoder,
+    Duration,
     Event,
     Int,
     ListOf,
@@ -68,11 +95,13 @@ from flowpipe import (
     OptionError,
     PacketBatch,
     StageContext,
+    Struct,
     format_timestamp,
     hookimpl,
 )
 
 from .community_id import icmp_ports
+from .defrag import MAX_PAYLOAD, MIN_MAX_BYTES, Defragmenter
 from .flows import ENDED, FLOW_OPTIONS, IANA_NUMBERS, PORTLESS, TRANSPORTS, VLAN_IDS, WITH_PORTS, FlowTable
 from .layers import (
     ETHERTYPE_IPV4,
@@ -94,6 +123,8 @@ _PORTS = struct.Struct("!HH").unpack_from
 _TCP = struct.Struct("!HHIIBBH").unpack_from
 """source port, destination port, sequence, acknowledgement, data offset (high nibble), flags, window."""
 _TYPE_CODE = struct.Struct("!BB").unpack_from
+_IPV6_FRAGMENT = struct.Struct("!BxHI").unpack_from
+"""next header, offset (bytes: the field's low 3 bits are flags) and M flag, identification."""
 _inet_ntop = socket.inet_ntop
 
 PROTO_ICMP = 1
@@ -122,6 +153,43 @@ TRUNCATED_TCP = "malformed.truncated_tcp"
 TRUNCATED_UDP = "malformed.truncated_udp"
 TRUNCATED_SCTP = "malformed.truncated_sctp"
 BAD_TCP_HEADER_LENGTH = "malformed.bad_tcp_header_length"
+FRAGMENT_TOO_LONG = "malformed.fragment_too_long"
+
+DEFRAG_COUNTERS = {
+    "reassembled": "defrag.reassembled",
+    "duplicate": "defrag.duplicate",
+    "overlap": "defrag.overlap",
+    "timeout": "dropped.defrag.timeout",
+    "too_many_fragments": "dropped.defrag.too_many_fragments",
+    "too_many_datagrams": "dropped.defrag.too_many_datagrams",
+    "too_many_bytes": "dropped.defrag.too_many_bytes",
+    "bad_length": "dropped.malformed.fragment_bad_length",
+    "bad_end": "dropped.malformed.fragment_bad_end",
+    "too_long": "dropped.malformed.fragment_too_long",
+}
+"""The decoder's counter for each of the :class:`~.defrag.Defragmenter`'s."""
+DEFRAG_HELD = "defrag.held"
+EXPIRE_INTERVAL = 1.0
+"""Capture seconds between two expiries of the defragmenter by the packets' clock."""
+
+DEFRAG_OPTIONS = Struct(
+    Option("enabled", Bool(), True, "reassemble IPv4 and IPv6 fragments (false: decode each as it stands)"),
+    Option(
+        "timeout",
+        Duration(),
+        "30s",
+        "a datagram still incomplete this long after its first fragment is dropped",
+    ),
+    Option("max_datagrams", Int(1), 4096, "datagrams in reassembly at once; past it the oldest is dropped"),
+    Option("max_fragments", Int(1), 64, "fragments held per datagram; past it the datagram is dropped"),
+    Option(
+        "max_bytes",
+        ByteSize(),
+        "16MiB",
+        "memory held by datagrams in reassembly (at least 128KiB); past it the oldest are dropped",
+    ),
+)
+"""The ``defrag`` option of the ``ip`` decoder."""
 
 
 def _address(cache: dict[bytes, str], packed: bytes) -> str:
@@ -151,14 +219,25 @@ class IpDecoder(Decoder):
             [4789],
             "UDP destination ports whose datagrams are decapsulated as VXLAN ([] for none)",
         ),
+        Option("defrag", DEFRAG_OPTIONS, description="IPv4 and IPv6 defragmentation"),
     )
 
     @classmethod
     def check_config(cls, config: SimpleNamespace) -> list[OptionError]:
-        """A flow timeout is positive."""
+        """Timeouts are positive; the defragmenter has room for the largest fragment."""
+        errors = []
         if config.flows.timeout <= 0:
-            return [OptionError("must be more than 0", ("flows", "timeout"))]
-        return []
+            errors.append(OptionError("must be more than 0", ("flows", "timeout")))
+        if config.defrag.timeout <= 0:
+            errors.append(OptionError("must be more than 0", ("defrag", "timeout")))
+        if config.defrag.max_bytes < MIN_MAX_BYTES:
+            errors.append(
+                OptionError(
+                    f"must be at least 128KiB ({MIN_MAX_BYTES} bytes), got {config.defrag.max_bytes}",
+                    ("defrag", "max_bytes"),
+                )
+            )
+        return errors
 
     def __init__(self, config: SimpleNamespace, context: StageContext) -> None:
         super().__init__(config, context)
@@ -167,6 +246,23 @@ class IpDecoder(Decoder):
         self._decapsulated = TUNNEL_PROTOCOLS | {PROTO_UDP} if self._vxlan_ports else TUNNEL_PROTOCOLS
         self.flows = FlowTable(config.flows, config.community_id_seed, config.flows.enabled, context.counters)
         """The flow table (tracked when flow records are on or a decoder follows)."""
+        defrag = config.defrag
+        self.defrag = (
+            Defragmenter(
+                timeout=defrag.timeout,
+                max_datagrams=defrag.max_datagrams,
+                max_fragments=defrag.max_fragments,
+                max_bytes=defrag.max_bytes,
+            )
+            if defrag.enabled
+            else None
+        )
+        """The defragmenter, or None when ``defrag.enabled`` is false."""
+        self._pending: dict[tuple[object, ...], list[int]] = {}
+        """Per datagram in reassembly: [fragments held, their frame bytes, transport protocol (-1 until
+        the offset-0 fragment came) and its header's offset in the payload]."""
+        self._next_expire = float("-inf")
+        self._held = 0
 
     def decode(self, batch: PacketBatch, events: list[Event]) -> list[TransportPacket] | None:
         """Count each packet of ``batch`` in its flow; append per-packet events (last decoder) or
@@ -239,11 +335,12 @@ class IpDecoder(Decoder):
                     network_type, protocol, start, end, announced, source_ip, destination_ip, fragment = (
                         decoded
                     )
+            packets = 1
             if fragment >= 0:
-                held = self._fragment(timestamp, frame, decoded)
+                held = self._fragment(timestamp, frame, wire_length, decoded)
                 if held is None:
                     continue
-                frame, decoded = held
+                frame, decoded, packets, wire_length = held
                 network_type, protocol, start, end, announced, source_ip, destination_ip, fragment = decoded
             source_port = destination_port = flags = seq = ack = 0
             icmp = None
@@ -319,11 +416,11 @@ class IpDecoder(Decoder):
                 if flags & CONTROL or flow.fin_wait:
                     segment(flow, from_client, timestamp, flags, seq, ack, announced - payload_start)
                 if from_client:
-                    flow.client_packets += 1
+                    flow.client_packets += packets
                     flow.client_bytes += wire_length
                     flow.client_tcp |= tcp_bits
                 else:
-                    flow.server_packets += 1
+                    flow.server_packets += packets
                     flow.server_bytes += wire_length
                     flow.server_tcp |= tcp_bits
                 flow.last = timestamp
@@ -384,6 +481,8 @@ class IpDecoder(Decoder):
                 "iana_number": IANA_NUMBERS[protocol],
                 "bytes": wire_length,
             }
+            if packets > 1:
+                network["packets"] = packets
             if vlans:
                 network["vlan"] = {"id": VLAN_IDS[vlans[0]]}
                 if len(vlans) > 1:
@@ -403,19 +502,109 @@ class IpDecoder(Decoder):
             for reason, count in drops.items():
                 counters.drop(reason, count)
         flows.merge_counters()
+        if self.defrag is not None:
+            if batch.timestamps and batch.timestamps[-1] >= self._next_expire:
+                self._expire(batch.timestamps[-1])
+            self._merge_defrag()
         return out or None
 
-    def _fragment(self, timestamp: float, frame: bytes, decoded: Network) -> tuple[bytes, Network] | None:
+    def _fragment(
+        self, timestamp: float, frame: bytes, wire_length: int, decoded: Network
+    ) -> tuple[bytes, Network, int, int] | None:
         """Where every IPv4 and IPv6 fragment goes: defragmentation's place in the decoder.
 
         ``decoded[7]`` is the offset of the fragment's IPv4 header or IPv6 fragment header in
-        ``frame``. Returns the packet to decode in the fragment's place (its bytes and decoded
-        network layer), or None when there is none yet. Without reassembly that is the fragment
-        itself, decoded as it stands (the first fragment with its transport header, later ones by
-        addresses only); a decoder that follows gets no fragment (each is counted as
-        ``dropped.fragment``).
+        ``frame``. Returns the packet to decode in the fragment's place (its bytes, decoded network
+        layer, the frames it stands for and their bytes on the wire), or None when there is none
+        yet. That is the reassembled datagram when the fragment completes one; the fragment itself,
+        decoded as it stands, when defragmentation is off or the capture cut the fragment short (a
+        decoder that follows then gets no fragment: each is counted as ``dropped.fragment``).
         """
-        return frame, decoded
+        defrag = self.defrag
+        network_type, protocol, start, end, announced, source, destination, header = decoded  # type: ignore[misc]
+        if defrag is None or end < announced:
+            return frame, decoded, 1, wire_length
+        if timestamp >= self._next_expire:
+            self._expire(timestamp)
+        if network_type == "ipv4":
+            payload_start = header + ((frame[header] & 0x0F) << 2)
+            field = _U16(frame, header + 6)[0]
+            offset = (field & 0x1FFF) << 3
+            more = bool(field & 0x2000)
+            key: tuple[object, ...] = (source, destination, _U16(frame, header + 4)[0], protocol)
+        else:
+            payload_start = header + 8
+            _, field, identification = _IPV6_FRAGMENT(frame, header)
+            offset = field & 0xFFF8
+            more = bool(field & 1)
+            key = (source, destination, identification)
+        pending = self._pending
+        entry = pending.get(key)
+        if entry is not None and key not in defrag:  # its datagram was dropped (timeout, a cap)
+            del pending[key]
+            entry = None
+        payload = defrag.add(key, timestamp, offset, more, memoryview(frame)[payload_start:end])
+        if payload is None:
+            if key not in defrag:  # dropped: a malformed fragment, or its datagram went
+                if entry is not None:
+                    del pending[key]
+                return None
+            if entry is None:
+                if len(pending) >= 2 * defrag.max_datagrams:
+                    self._prune()
+                entry = pending[key] = [0, 0, -1, 0]
+            entry[0] += 1
+            entry[1] += wire_length
+            if not offset:  # the transport protocol, and where its header starts in the payload
+                entry[2] = protocol
+                entry[3] = start - payload_start
+            self._held += 1
+            return None
+        packets = 1
+        if entry is not None:
+            del pending[key]
+            packets += entry[0]
+            wire_length += entry[1]
+        if offset:  # the held offset-0 fragment told the protocol and where its header starts
+            if entry is not None and entry[2] >= 0:
+                protocol = entry[2]
+                start = payload_start + entry[3]
+            else:
+                start = payload_start
+        if network_type == "ipv4" and payload_start - header + len(payload) > MAX_PAYLOAD:
+            self.context.counters.drop(FRAGMENT_TOO_LONG)
+            return None
+        whole = frame[:payload_start] + payload
+        end = len(whole)
+        return whole, (network_type, protocol, start, end, end, source, destination, -1), packets, wire_length
+
+    def _expire(self, now: float) -> None:
+        """Drop the datagrams in reassembly that timed out by capture time ``now``."""
+        defrag = self.defrag
+        assert defrag is not None
+        defrag.expire(now)
+        self._next_expire = now + EXPIRE_INTERVAL
+        if len(self._pending) > len(defrag):
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget the held fragments of datagrams the defragmenter dropped."""
+        defrag = self.defrag
+        pending = self._pending
+        for key in [key for key in pending if key not in defrag]:  # type: ignore[operator]
+            del pending[key]
+
+    def _merge_defrag(self) -> None:
+        """Add the defragmenter's counts since the last call to the decoder's counters."""
+        counters = self.context.counters
+        if self._held:
+            counters.add(DEFRAG_HELD, self._held)
+            self._held = 0
+        defrag_counts = self.defrag.counters  # type: ignore[union-attr]
+        if defrag_counts:
+            for name, amount in defrag_counts.items():
+                counters.add(DEFRAG_COUNTERS[name], amount)
+            defrag_counts.clear()
 
     def _decapsulate(
         self, frame: bytes, decoded: Network, vlans: tuple[int, ...]
@@ -454,14 +643,22 @@ class IpDecoder(Decoder):
         return result
 
     def flush(self, events: list[Event]) -> None:
-        """End of input: a final record of every flow."""
+        """End of input: a final record of every flow; datagrams still incomplete are dropped
+        (counted as ``dropped.defrag.timeout``)."""
         self.flows.flush(events)
         self.flows.merge_counters()
+        if self.defrag is not None:
+            self._expire(float("inf"))
+            self._merge_defrag()
 
     def advance(self, now: float, events: list[Event]) -> None:
-        """No packets for a while (live input): end the flows that timed out by ``now``."""
+        """No packets for a while (live input): end the flows and drop the incomplete datagrams
+        that timed out by ``now``."""
         if self.downstream or self.flows.emit:
             self.flows.tick(now, events)
+        if self.defrag is not None:
+            self._expire(now)
+            self._merge_defrag()
 
 
 @hookimpl

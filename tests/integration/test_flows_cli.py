@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import dpkt
-from captures import ethernet, icmp, ip_packet, tcp_frame, udp_frame, write_pcap
+from captures import ethernet, icmp, ip_fragment, ip_packet, tcp_frame, udp, udp_frame, write_pcap
 
 T0 = 1_700_000_000.0
 CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
@@ -182,3 +182,70 @@ def test_flow_options_are_checked(tmp_path: Path) -> None:
     )
     result = check(tmp_path, "      period: 1m\n      max_flows: 1000\n")
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_fragmented_udp_is_one_event_counted_in_its_flow(tmp_path: Path) -> None:
+    datagram = bytes(udp(5353, 53, b"q" * 1000))  # 1008 bytes: fragments at 0, 512 (last)
+    fragments = [
+        (T0, ethernet(ip_fragment(CLIENT, SERVER, 17, datagram[512:], 512, False, 7))),
+        (T0 + 0.1, ethernet(ip_fragment(CLIENT, SERVER, 17, datagram[:512], 0, True, 7))),
+        (T0 + 0.2, ethernet(ip_fragment(CLIENT, SERVER, 17, datagram[:256], 0, True, 8))),  # never completed
+    ]
+    write_pcap(tmp_path / "capture.pcap", fragments)
+    (tmp_path / "pipeline.yml").write_text(
+        "inputs:\n  - type: pcap\n    files: [capture.pcap]\n"
+        "decoders:\n  - type: ip\n    defrag: {timeout: 10s}\n"
+        "outputs:\n  - type: stdout\n    codec: json\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flowpipe", "run", "-c", "pipeline.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    packet, record = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (packet["@timestamp"], packet["network"], packet["source"], packet["destination"]) == (
+        "2023-11-14T22:13:20.100Z",
+        {"type": "ipv4", "transport": "udp", "iana_number": "17", "bytes": 530 + 546, "packets": 2},
+        {"ip": CLIENT, "port": 5353},
+        {"ip": SERVER, "port": 53},
+    )
+    assert flow_summary(record) == (f"{CLIENT}:5353", f"{SERVER}:53", (2, 1076), (0, 0), None, "end_of_input")
+    assert decoder_line(result, "ip").split()[2:] == [
+        "in",
+        "3",
+        "out",
+        "2",
+        "defrag.held",
+        "2",
+        "defrag.reassembled",
+        "1",
+        "flows",
+        "1",
+        "dropped",
+        "1",
+        "(defrag.timeout",
+        "1)",
+    ]
+
+
+def test_defrag_max_bytes_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.yml").write_text(
+        "inputs:\n  - type: pcap\n    files: [capture.pcap]\n"
+        "decoders:\n  - type: ip\n    defrag:\n      max_bytes: 64KiB\n"
+        "outputs:\n  - type: stdout\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flowpipe", "check", "-c", "pipeline.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "flowpipe: pipeline.yml:7:7: decoders.0.defrag.max_bytes: must be at least 128KiB (131072 bytes), "
+        "got 65536\n",
+    )

@@ -74,11 +74,11 @@ def run(
     folder: Path, packets: list[tuple[float, bytes]], linktype: int = 1
 ) -> subprocess.CompletedProcess[str]:
     """Write ``packets`` to a capture and run the pcap -> ip -> stdout pipeline: the ``ip`` decoder
-    alone, without flow records, emits one event per packet."""
+    alone, without flow records nor defragmentation, emits one event per packet."""
     write_pcap(folder / "capture.pcap", packets, linktype=linktype)
     (folder / "pipeline.yml").write_text(
         "inputs:\n  - type: pcap\n    files: [capture.pcap]\n"
-        "decoders:\n  - type: ip\n    flows: {enabled: false}\n"
+        "decoders:\n  - type: ip\n    flows: {enabled: false}\n    defrag: {enabled: false}\n"
         "outputs:\n  - type: stdout\n    codec: json\n"
     )
     return subprocess.run(

@@ -386,7 +386,7 @@ def test_later_fragments_count_in_a_flow_of_their_addresses() -> None:
     datagram = bytes(udp(1122, 3344, bytes(100)))
     first = dpkt.ip.IP(src=bytes((1, 2, 3, 4)), dst=bytes((5, 6, 7, 8)), p=17, id=7, mf=1, data=datagram[:48])
     later = dpkt.ip.IP(src=first.src, dst=first.dst, p=17, id=7, offset=6, data=datagram[48:])
-    decoder = make_decoder(downstream=True)
+    decoder = make_decoder(downstream=True, defrag={"enabled": False})
     events, forwarded = feed(decoder, [(T0, ethernet(first)), (T0 + 0.001, ethernet(later))])
     decoder.flush(events)
     assert forwarded == []

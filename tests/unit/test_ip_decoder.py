@@ -68,10 +68,13 @@ def make_decoder(**options: object) -> IpDecoder:
 
 
 def decode(
-    frames: list[bytes], link_type: int = LINKTYPE_ETHERNET, wire_lengths: list[int] | None = None
+    frames: list[bytes],
+    link_type: int = LINKTYPE_ETHERNET,
+    wire_lengths: list[int] | None = None,
+    **options: object,
 ) -> tuple[list[Event], dict[str, int]]:
     """Decode ``frames`` as one batch (timestamps TIMESTAMP, +1 s, ...): events and counters."""
-    decoder = make_decoder()
+    decoder = make_decoder(**options)
     batch = PacketBatch(link_type, "test")
     for index, frame in enumerate(frames):
         wire_length = len(frame) if wire_lengths is None else wire_lengths[index]
@@ -308,13 +311,15 @@ def test_timestamps_keep_their_milliseconds() -> None:
     ]
 
 
-# -- fragments and IPv6 extension headers ----------------------------------------------------------
+# -- fragments (defragmentation off) and IPv6 extension headers ------------------------------------
+
+NO_DEFRAG = {"defrag": {"enabled": False}}
 
 
 def test_ipv4_first_fragment_has_ports_later_fragment_not() -> None:
     first = ethernet(ipv4_bytes(udp(5000, 6000, b"a" * 16), mf=1))
     later = ethernet(ipv4_bytes(udp(5000, 6000, b"b" * 16), offset=3))  # 24 bytes in
-    events, counters = decode([first, later])
+    events, counters = decode([first, later], **NO_DEFRAG)
     assert [endpoints(event) for event in events] == [
         (V4_SRC, 5000, V4_DST, 6000, "udp", "ipv4"),
         (V4_SRC, None, V4_DST, None, "udp", "ipv4"),
@@ -325,7 +330,7 @@ def test_ipv4_first_fragment_has_ports_later_fragment_not() -> None:
 def test_ipv4_later_fragment_too_short_for_ports_is_not_malformed() -> None:
     packet = bytearray(ipv4_bytes(tcp(1, 2), mf=1, offset=185))
     struct.pack_into("!H", packet, 2, 22)  # two bytes of fragment data
-    events, counters = decode([ethernet(bytes(packet[:22]))])
+    events, counters = decode([ethernet(bytes(packet[:22]))], **NO_DEFRAG)
     assert [endpoints(event) for event in events] == [(V4_SRC, None, V4_DST, None, "tcp", "ipv4")]
     assert counters == {}
 
@@ -342,7 +347,7 @@ def test_ipv6_hop_by_hop_destination_options_and_fragment_headers() -> None:
         ipv6_options_header(60) + ipv6_options_header(44, 16) + ipv6_fragment_header(6, offset=1232) + segment
     )
     frames = [ethernet(ipv6_packet(V6_SRC, V6_DST, 0, chain)) for chain in (chain_first, chain_later)]
-    events, counters = decode(frames)
+    events, counters = decode(frames, **NO_DEFRAG)
     assert [endpoints(event) for event in events] == [
         (V6_SRC, 33000, V6_DST, 8080, "tcp", "ipv6"),
         (V6_SRC, None, V6_DST, None, "tcp", "ipv6"),
@@ -354,7 +359,7 @@ def test_ipv6_hop_by_hop_destination_options_and_fragment_headers() -> None:
 def test_ipv6_later_fragment_data_is_not_walked_as_headers() -> None:
     """Data of a later fragment that looks like a truncated extension header is data."""
     chain = ipv6_fragment_header(0, offset=8) + b"\x00\xff"  # "hop-by-hop" of 2048 bytes
-    events, counters = decode([ethernet(ipv6_packet(V6_SRC, V6_DST, 44, chain))])
+    events, counters = decode([ethernet(ipv6_packet(V6_SRC, V6_DST, 44, chain))], **NO_DEFRAG)
     assert [endpoints(event) for event in events] == [(V6_SRC, None, V6_DST, None, "0", "ipv6")]
     assert counters == {}
 
@@ -617,8 +622,10 @@ def test_random_corruption_never_raises(link_type: int, frame: bytes) -> None:
         for _ in range(generator.randint(1, 4)):
             data[generator.randrange(len(data))] = generator.randrange(256)
         damaged.append(bytes(data[: generator.randint(0, len(data))]))
-    events, counters = decode(damaged, link_type)
+    events, counters = decode(damaged, link_type, defrag={"enabled": False})  # one outcome per frame
     assert len(events) + sum(counters.values()) == len(damaged)
+    events, counters = decode(damaged, link_type)  # fragments held, timed out: never raises
+    assert len(events) <= len(damaged)
 
 
 def test_address_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -849,11 +856,11 @@ def test_tunnels_nested_deeper_than_the_limit_stay_the_last_tunnel_packet() -> N
 
 
 def forward(
-    frames: list[bytes], wire_lengths: list[int] | None = None
+    frames: list[bytes], wire_lengths: list[int] | None = None, **options: object
 ) -> tuple[list, list[Event], dict[str, int]]:
     """Decode ``frames`` with a decoder following the ``ip`` decoder: forwarded packets, events,
     counters."""
-    decoder = make_decoder()
+    decoder = make_decoder(**options)
     decoder.downstream = True
     batch = PacketBatch(LINKTYPE_ETHERNET, "test")
     for index, frame in enumerate(frames):
@@ -938,7 +945,7 @@ def test_packets_that_cannot_be_forwarded_are_counted_but_still_in_their_flow() 
         udp_frame(V4_SRC, V4_DST, 5000, 53)[:40],
         fragment,
     ]
-    forwarded, _, counters = forward(frames)
+    forwarded, _, counters = forward(frames, **NO_DEFRAG)
     assert forwarded == []
     assert counters == {
         "dropped.malformed.truncated_tcp": 1,
@@ -978,15 +985,16 @@ FUZZ_SEEDS = [
     damage=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
     cut=st.integers(0, 250),
     downstream=st.booleans(),
+    defrag=st.booleans(),
 )
 def test_damaged_packets_never_raise_in_any_mode(
-    seed: bytes, damage: list[tuple[int, int]], cut: int, downstream: bool
+    seed: bytes, damage: list[tuple[int, int]], cut: int, downstream: bool, defrag: bool
 ) -> None:
     data = bytearray(seed)
     for position, value in damage:
         data[position % len(data)] = value
     frames = [bytes(data[:cut]), bytes(data), seed]
-    decoder = make_decoder(flows={"max_flows": 2, "period": "1s"})
+    decoder = make_decoder(flows={"max_flows": 2, "period": "1s"}, defrag={"enabled": defrag})
     decoder.downstream = downstream
     batch = PacketBatch(LINKTYPE_ETHERNET, "test")
     for index, frame in enumerate(frames):
@@ -999,7 +1007,10 @@ def test_damaged_packets_never_raise_in_any_mode(
     flows = [event for event in events if event["event"]["dataset"] == "flow" and event["flow"]["final"]]
     counted = sum(event["network"]["packets"] for event in flows)
     drops = decoder.context.counters.drops()
-    if downstream:
+    if defrag:  # a datagram stands for several frames; one lost counts once
+        assert decoder.defrag is not None and len(decoder.defrag) == 0
+        assert counted <= len(frames)
+    elif downstream:
         assert len(forwarded) <= counted <= len(frames)
     else:
         assert counted == len(events) - len(flows) - sum(
@@ -1012,7 +1023,7 @@ def test_fragments_reach_the_defragmentation_hook_with_their_header_offsets() ->
     seen = []
 
     class Recording(IpDecoder):
-        def _fragment(self, timestamp, frame, decoded):
+        def _fragment(self, timestamp, frame, wire_length, decoded):
             seen.append((decoded[0], decoded[2], decoded[7]))
             return None  # held: nothing to decode yet
 
