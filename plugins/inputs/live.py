@@ -35,6 +35,8 @@ import pcapy
 
 from flowpipe import PacketBatch, StageContext, StartupError
 
+from .libpcap import fill_batch
+
 __all__ = ["IDLE_CLOCK", "STATS_PERIOD", "STOP_CHECK", "LiveCapture"]
 
 STOP_CHECK = 0.25
@@ -137,7 +139,7 @@ class LiveCapture:
                 if self._handle is None:
                     return
                 before = len(batch.frames)
-                error = self._fill(batch, batch_size)
+                error = fill_batch(self._handle, batch, batch_size - len(batch.frames))
                 now = time.monotonic()
                 if now >= next_stats:
                     self._count_stats()
@@ -156,25 +158,6 @@ class LiveCapture:
                 last_out = now = time.monotonic()
         if batch.frames:
             yield _sized(batch)
-
-    def _fill(self, batch: PacketBatch, batch_size: int) -> pcapy.PcapError | None:
-        """Move the packets waiting in the kernel's buffer into ``batch``, up to ``batch_size``."""
-        next_packet = self._handle.next
-        add_timestamp = batch.timestamps.append
-        add_frame = batch.frames.append
-        add_wire_length = batch.wire_lengths.append
-        try:
-            for _ in range(batch_size - len(batch.frames)):
-                header, frame = next_packet()
-                if header is None:
-                    break
-                seconds, micros = header.getts()
-                add_timestamp(seconds + micros * 1e-6)
-                add_frame(frame)
-                add_wire_length(header.getlen())
-        except pcapy.PcapError as error:
-            return error
-        return None
 
     def _count_stats(self) -> None:
         """Add what the kernel counted since the last reading to the input's counters."""

@@ -84,6 +84,7 @@ from flowpipe import (
     hookimpl,
 )
 
+from .libpcap import fill_batch
 from .live import LiveCapture
 from .pcapfile import MAX_SNAPLEN, locate_damage
 
@@ -249,7 +250,6 @@ class PcapInput(Input):
         if pacer is not None:
             pacer.restart()
         link_type = reader.datalink()
-        next_packet = reader.next
         descriptor = reader.getfd()  # its read position (past libpcap's buffer) tells the progress
         batch_size = self.context.batch_size
         source = str(path)
@@ -258,21 +258,7 @@ class PcapInput(Input):
         try:
             while True:
                 batch = PacketBatch(link_type, source)
-                add_timestamp = batch.timestamps.append
-                add_frame = batch.frames.append
-                add_wire_length = batch.wire_lengths.append
-                damage = None
-                try:
-                    for _ in range(batch_size):
-                        header, frame = next_packet()
-                        if header is None:
-                            break
-                        seconds, micros = header.getts()
-                        add_timestamp(seconds + micros * 1e-6)
-                        add_frame(frame)
-                        add_wire_length(header.getlen())
-                except pcapy.PcapError as error:
-                    damage = error
+                damage = fill_batch(reader, batch, batch_size)
                 count = len(batch.frames)
                 read_in_file += count
                 batch.nbytes = sum(map(len, batch.frames))
