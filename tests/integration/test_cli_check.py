@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_sources import tagger_source
 
 from flowpipe.registry import Registry
 
@@ -511,27 +512,7 @@ def test_overrides_make_a_config_valid(tmp_path: Path) -> None:
 
 def test_local_plugin_stage_is_validated(tmp_path: Path) -> None:
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "tagger.py").write_text(
-        textwrap.dedent(
-            '''\
-            from flowpipe import Int, Option, Processor, hookimpl
-
-
-            class Tagger(Processor):
-                """Add tags."""
-
-                options = (Option("count", Int(1), 1, "how many tags"),)
-
-                def process(self, events):
-                    return events
-
-
-            @hookimpl
-            def flowpipe_add_processors():
-                return {"tagger": Tagger}
-            '''
-        )
-    )
+    (tmp_path / "plugins" / "tagger.py").write_text(tagger_source())
     text = VALID + "processors:\n  - type: tagger\n    count: 0\nplugins: [plugins/tagger.py]\n"
     assert_config_errors(check(tmp_path, text), "pipeline.yml:8:5: processors.0.count: must be >= 1, got 0")
     result = check(tmp_path, text.replace("count: 0", "count: 2"))

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_sources import tagger_source
 
 from flowpipe.registry import KINDS, Registry
 
@@ -18,26 +19,7 @@ REGISTRY = Registry.default()
 PcapInput = REGISTRY.get("input", "pcap").cls
 IpDecoder = REGISTRY.get("decoder", "ip").cls
 StdoutOutput = REGISTRY.get("output", "stdout").cls
-TAGGER = '''\
-from flowpipe import Int, Option, Processor, hookimpl
-
-
-class Tagger(Processor):
-    """Add tags to every event.
-
-    Longer description.
-    """
-
-    options = (Option("count", Int(1), 1, "how many tags"),)
-
-    def process(self, events):
-        return events
-
-
-@hookimpl
-def flowpipe_add_processors():
-    return {"tagger": Tagger}
-'''
+TAGGER = tagger_source(doc="Add tags to every event.\n\nLonger description.\n")
 
 
 def flowpipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

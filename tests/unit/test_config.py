@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_sources import tagger_source
 
 from flowpipe.config import Location, apply_overrides, load_document, load_pipeline, validate_pipeline
 from flowpipe.errors import ConfigError
@@ -382,27 +383,7 @@ def test_decoder_chain_must_start_with_packets(tmp_path: Path, registry: Registr
 
 
 def test_local_plugin_is_loaded_before_its_stages_are_validated(tmp_path: Path, registry: Registry) -> None:
-    (tmp_path / "tagger.py").write_text(
-        textwrap.dedent(
-            '''\
-            from flowpipe import Int, Option, Processor, hookimpl
-
-
-            class Tagger(Processor):
-                """Add tags."""
-
-                options = (Option("count", Int(1), 1, "how many tags"),)
-
-                def process(self, events):
-                    return events
-
-
-            @hookimpl
-            def flowpipe_add_processors():
-                return {"tagger_for_config_test": Tagger}
-            '''
-        )
-    )
+    (tmp_path / "tagger.py").write_text(tagger_source("tagger_for_config_test"))
     text = MINIMAL + "processors:\n  - type: tagger_for_config_test\n    count: 2\nplugins: [tagger.py]\n"
     local = Registry.default()
     spec = load_pipeline(write(tmp_path, text), local, environ={})
