@@ -18,6 +18,17 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("flowpipe")
 """Marks a function in a plugin module as a flowpipe hook implementation."""
 
+from .analyzer import (  # noqa: E402
+    TO_CLIENT,
+    TO_SERVER,
+    Analyzer,
+    AppPacket,
+    FlowInfo,
+    IcmpAnalyzer,
+    StreamBuffer,
+    TcpAnalyzer,
+    UdpAnalyzer,
+)
 from .errors import ConfigError, OutputError, PluginError, StartupError  # noqa: E402
 from .event import Event, delete_field, format_timestamp, get_field, has_field, set_field  # noqa: E402
 from .options import (  # noqa: E402
@@ -32,15 +43,20 @@ from .options import (  # noqa: E402
     MapOf,
     Option,
     OptionError,
+    Ports,
     Str,
     Struct,
 )
 from .packet import Packet, PacketBatch  # noqa: E402
-from .stage import Analyzer, Decoder, Input, InputProgress, Output, Processor, Stage, StageContext  # noqa: E402
+from .stage import Decoder, Input, InputProgress, Output, Processor, Stage, StageContext  # noqa: E402
+from .transactions import Message, Transactions  # noqa: E402
 
 __all__ = [
+    "TO_CLIENT",
+    "TO_SERVER",
     "Analyzer",
     "AnyValue",
+    "AppPacket",
     "Bool",
     "ByteSize",
     "Choice",
@@ -49,11 +65,14 @@ __all__ = [
     "Duration",
     "Event",
     "Float",
+    "FlowInfo",
+    "IcmpAnalyzer",
     "Input",
     "InputProgress",
     "Int",
     "ListOf",
     "MapOf",
+    "Message",
     "Option",
     "OptionError",
     "Output",
@@ -61,12 +80,17 @@ __all__ = [
     "Packet",
     "PacketBatch",
     "PluginError",
+    "Ports",
     "Processor",
     "Stage",
     "StageContext",
     "StartupError",
     "Str",
+    "StreamBuffer",
     "Struct",
+    "TcpAnalyzer",
+    "Transactions",
+    "UdpAnalyzer",
     "__version__",
     "delete_field",
     "format_timestamp",

@@ -416,7 +416,7 @@ def _stage_list(
             )
             continue
         ids[stage_id] = path
-        options = info.cls.all_options()
+        options = info.cls.schema(registry)
         values = {k: v for k, v in entry.items() if k not in ("type", "id")}
         problems = validate_options(options, values)
         for problem in problems:
@@ -446,7 +446,7 @@ def _default_decoders(registry: Registry, document: Document) -> list[StageSpec]
     location = Location(document.file, 1, 1)
     return [
         StageSpec(
-            "decoder", info.name, info.name, info, build_namespace(info.cls.all_options(), {}), location
+            "decoder", info.name, info.name, info, build_namespace(info.cls.schema(registry), {}), location
         )
         for info in ordered
     ]

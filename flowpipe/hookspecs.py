@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from .analyzer import Analyzer
     from .commands import Command
     from .pipeline import Pipeline
-    from .stage import Analyzer, Decoder, Input, Output, Processor
+    from .stage import Decoder, Input, Output, Processor
     from .summary import Summary
 
 hookspec = pluggy.HookspecMarker("flowpipe")

@@ -31,6 +31,7 @@ __all__ = [
     "Option",
     "OptionError",
     "OptionType",
+    "Ports",
     "Str",
     "Struct",
     "validate_options",
@@ -246,6 +247,44 @@ class MapOf(OptionType):
             except OptionError as error:
                 raise OptionError(error.message, (str(key), *error.path)) from None
         return converted
+
+
+class Ports(OptionType):
+    """A list of TCP/UDP ports and inclusive ranges (``[80, 8080, "8000-8100"]``).
+
+    Converted to a sorted tuple of distinct port numbers (a range of the whole port space is
+    65,535 numbers: acceptable for a value built once at start-up).
+    """
+
+    name = "list of ports and ranges (80, 8000-8100)"
+
+    def convert(self, value: Any) -> tuple[int, ...]:
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise OptionError(f"expected a list of ports, got {_describe(value)}")
+        ports: set[int] = set()
+        for index, item in enumerate(value):
+            ports.update(self._one(item, index))
+        return tuple(sorted(ports))
+
+    @staticmethod
+    def _one(item: Any, index: int) -> range:
+        if isinstance(item, int) and not isinstance(item, bool):
+            low = high = item
+        elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
+            low_text, _, high_text = item.partition("-")
+            low = int(low_text)
+            high = int(high_text) if high_text else low
+        else:
+            raise OptionError(
+                f"expected a port (1-65535) or a range such as 8000-8100, got {_describe(item)}", (index,)
+            )
+        if not (1 <= low <= 65535 and 1 <= high <= 65535):
+            raise OptionError(f"ports are 1-65535, got {item!r}", (index,))
+        if low > high:
+            raise OptionError(f"range {item!r} ends before it starts", (index,))
+        return range(low, high + 1)
 
 
 class Struct(OptionType):

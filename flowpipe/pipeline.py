@@ -52,6 +52,7 @@ class Pipeline:
                 base_dir=base_dir,
                 batch_size=settings.batch_size,
                 failures=self.failures,
+                registry=registry,
             )
             return stage_spec.create(context)
 

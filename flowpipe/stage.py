@@ -25,7 +25,6 @@ from .options import Choice, Duration, Option, OptionError, Struct
 from .packet import PacketBatch
 
 __all__ = [
-    "Analyzer",
     "Decoder",
     "Input",
     "InputProgress",
@@ -50,6 +49,8 @@ class StageContext:
     """How many items an input should put in one batch."""
     failures: list[str] = field(default_factory=list)
     """Runtime failures reported with :meth:`fail`; any makes the run exit with status 1."""
+    registry: Any = None
+    """The plugin registry, for stages built from other plugins (the ``protocol`` decoder)."""
 
     def __post_init__(self) -> None:
         self.log = logging.getLogger(f"flowpipe.{self.id}")
@@ -84,6 +85,15 @@ class Stage:
     def all_options(cls) -> tuple[Option, ...]:
         """The stage's own options followed by its kind's common options."""
         return cls.options + cls.common_options
+
+    @classmethod
+    def schema(cls, registry: Any) -> tuple[Option, ...]:
+        """The options a pipeline file may give this stage, as validated.
+
+        :meth:`all_options` unless they depend on other plugins in ``registry`` (the ``protocol``
+        decoder has one section per installed analyzer).
+        """
+        return cls.all_options()
 
     @classmethod
     def check_config(cls, config: SimpleNamespace) -> list[OptionError]:
@@ -229,12 +239,3 @@ class Output(Stage):
 
     def flush(self) -> None:
         """Push out anything buffered (called when the queue runs empty and at shutdown)."""
-
-
-class Analyzer(Stage):
-    """An application-protocol analyzer used by the ``protocol`` decoder (HTTP, DNS, ...).
-
-    Analyzers follow Packetbeat's contract; the ``protocol`` decoder defines the calls it makes.
-    """
-
-    kind = "analyzer"

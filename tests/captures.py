@@ -40,6 +40,7 @@ __all__ = [
     "ppp",
     "pppoe_session",
     "tcp",
+    "tcp_conversation",
     "tcp_frame",
     "udp",
     "udp_frame",
@@ -316,3 +317,49 @@ def tcp_frame(src: str, dst: str, sport: int, dport: int, data: bytes = b"", **f
 def udp_frame(src: str, dst: str, sport: int, dport: int, data: bytes = b"") -> bytes:
     """An Ethernet frame carrying one UDP datagram over IPv4 or IPv6."""
     return ethernet(ip_packet(src, dst, udp(sport, dport, data)))
+
+
+def tcp_conversation(
+    client: tuple[str, int],
+    server: tuple[str, int],
+    exchanges: Sequence[tuple[bool, bytes]],
+    start: float = 1_700_000_000.0,
+    step: float = 0.001,
+    handshake: bool = True,
+    close: bool = True,
+    client_isn: int = 1000,
+    server_isn: int = 5000,
+) -> list[tuple[float, bytes]]:
+    """A whole TCP connection as ``(timestamp, frame)`` pairs, ``step`` seconds apart.
+
+    ``exchanges`` lists ``(from_client, data)`` segments in the order sent; each is acknowledged
+    by the next segment of the other side. With ``handshake`` the connection opens with SYN,
+    SYN-ACK, ACK; with ``close`` it ends with FIN from the client, FIN from the server, last ACK.
+    Feed a message split across segments as several exchanges of the same side.
+    """
+    seq = {True: client_isn, False: server_isn}
+    frames: list[tuple[float, bytes]] = []
+    clock = [start]
+
+    def send(from_client: bool, data: bytes = b"", flags: int = dpkt.tcp.TH_ACK) -> None:
+        src, dst = (client, server) if from_client else (server, client)
+        frame = tcp_frame(
+            src[0], dst[0], src[1], dst[1], data, flags=flags, seq=seq[from_client], ack=seq[not from_client]
+        )
+        frames.append((clock[0], frame))
+        clock[0] += step
+        seq[from_client] = (
+            seq[from_client] + len(data) + (1 if flags & (dpkt.tcp.TH_SYN | dpkt.tcp.TH_FIN) else 0)
+        ) & 0xFFFFFFFF
+
+    if handshake:
+        send(True, flags=dpkt.tcp.TH_SYN)
+        send(False, flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)
+        send(True)
+    for from_client, data in exchanges:
+        send(from_client, data, dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH)
+    if close:
+        send(True, flags=dpkt.tcp.TH_FIN | dpkt.tcp.TH_ACK)
+        send(False, flags=dpkt.tcp.TH_FIN | dpkt.tcp.TH_ACK)
+        send(True)
+    return frames

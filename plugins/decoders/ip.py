@@ -63,9 +63,10 @@ What else comes out depends on the decoders that follow:
   several). ECS has no ICMP fields; ICMP packets carry ``icmp.type`` and ``icmp.code`` (numbers),
   the per-packet form of the values Packetbeat's ICMP transactions report as
   ``icmp.request.type``/``icmp.request.code``;
-- followed by a decoder (``tcp``): no per-packet events; every TCP and UDP packet that is not a
-  fragment, and every reassembled TCP and UDP datagram (one packet with the whole payload), is
-  forwarded as a :class:`~.transport.TransportPacket` with its flow.
+- followed by a decoder (``tcp``): no per-packet events; every TCP, UDP and ICMP/ICMPv6 packet
+  that is not a fragment, and every reassembled datagram (one packet with the whole payload), is
+  forwarded as a :class:`~.transport.TransportPacket` with its flow (the payload of an ICMP
+  packet starts at its ICMP header, for the ICMP analyzer).
 
 Nothing raises out of :meth:`IpDecoder.decode`. A packet whose headers are cut short or
 impossible is dropped and counted as ``dropped.malformed.<reason>``; one that is not IP (ARP, LLC,
@@ -266,7 +267,7 @@ class IpDecoder(Decoder):
 
     def decode(self, batch: PacketBatch, events: list[Event]) -> list[TransportPacket] | None:
         """Count each packet of ``batch`` in its flow; append per-packet events (last decoder) or
-        return the TCP and UDP packets (a decoder follows); append flow records that are due."""
+        return the TCP, UDP and ICMP packets (a decoder follows); append flow records that are due."""
         link_type = batch.link_type
         ethernet = link_type == LINKTYPE_ETHERNET
         link_decoder = LINK_DECODERS.get(link_type)
@@ -467,6 +468,13 @@ class IpDecoder(Decoder):
                                 frame[start + 8 : captured_end],
                                 datagram_end - captured_end,
                             )
+                        )
+                elif icmp is not None:  # for ICMP analyzers: the message from its header on
+                    if fragment >= 0:
+                        drops[FRAGMENT] += 1
+                    else:
+                        forward_packet(
+                            TransportPacket(timestamp, flow, from_client, frame[start:end], announced - end)
                         )
                 continue
 

@@ -306,6 +306,7 @@ def test_valid_pipeline_spec(tmp_path: Path, registry: Registry) -> None:
         ("input", "pcap", "pcap"),
         ("decoder", "ip", "ip"),
         ("decoder", "tcp", "tcp"),
+        ("decoder", "protocol", "protocol"),
         ("output", "stdout", "stdout"),
     ]
     assert spec.inputs[0].location == Location(str(path), 2, 5)

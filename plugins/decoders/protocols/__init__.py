@@ -1,0 +1,1 @@
+"""The built-in application-protocol analyzers, one module per protocol (see :mod:`flowpipe.analyzer`)."""
