@@ -19,7 +19,10 @@ plus one call Packetbeat lacks, because flowpipe flushes everything at the end o
 ``state`` is whatever the analyzer returns (None on the first call of a connection); the
 decoder keeps it per connection and never looks inside. UDP analyzers (``transport = "udp"``)
 implement ``parse_udp(packet)`` and ICMP analyzers (``transport = "icmp"``) ``parse_icmp(packet)``;
-they keep what they need between datagrams in the transaction helper.
+they keep what they need between datagrams in the transaction helper. A protocol spoken over
+several transports (DNS) is one analyzer that lists them in ``transports`` and implements each
+one's calls: ``class DnsAnalyzer(TcpAnalyzer)`` with ``transports = ("tcp", "udp")`` and a
+``parse_udp`` of its own.
 
 Call order for one connection: ``parse``/``on_gap``/``on_fin`` in stream order (the two
 directions interleaved as the packets came), then ``on_close`` exactly once. Every analyzer also
@@ -28,8 +31,10 @@ gets ``expire(now)`` about once per second of capture time and ``flush()`` at th
 A packet is the ``tcp`` decoder's stream item: ``packet.timestamp`` (capture time),
 ``packet.data`` (payload bytes, the analyzer's to keep), ``packet.flow`` and ``packet.from_client``.
 The flow carries the connection's addresses (``client_ip``, ``client_port``, ``server_ip``,
-``server_port``), ``network_type``, ``community_id`` and ``id``; ``direction`` is
-:data:`TO_SERVER` for what the connection's opener sent and :data:`TO_CLIENT` for the other way.
+``server_port``), ``network_type``, ``community_id`` and ``id``. ``direction`` is the protocol's:
+:data:`TO_SERVER` for what was sent towards the analyzer's port (the connection's opener, unless
+the port listed is the flow's client port) and :data:`TO_CLIENT` for the other way;
+``packet.from_client`` stays the flow's view, and is what a :class:`~flowpipe.Message` records.
 
 Analyzers run in the worker thread and must not raise: a malformed message is counted
 (:meth:`Analyzer.drop`) and skipped. The decoder still catches what escapes, counts it as
@@ -85,6 +90,8 @@ class AppPacket(Protocol):
     flow: FlowInfo
     from_client: bool
     data: bytes
+    gap: int
+    """For a datagram: bytes of it the capture cut off (snapshot length); 0 when whole."""
 
 
 class Analyzer(Stage):
@@ -98,11 +105,19 @@ class Analyzer(Stage):
     kind = "analyzer"
     transport: ClassVar[str] = "tcp"
     """``tcp``, ``udp`` or ``icmp``: what the analyzer parses."""
+    transports: ClassVar[tuple[str, ...]] = ("tcp",)
+    """Every transport the analyzer parses, each with its own ports (``ports`` applies to each);
+    ``(transport,)`` unless a class that sets :attr:`transport` also sets this."""
     default_ports: ClassVar[tuple[int | str, ...]] = ()
     """Ports claimed when the configuration names none (``"8000-8100"`` ranges allowed)."""
     categories: ClassVar[tuple[str, ...]] = ("network",)
     """``event.category`` of this protocol's transactions (``web`` is added for HTTP, ...)."""
     default_max_message_size: ClassVar[str] = "10MiB"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "transport" in cls.__dict__ and "transports" not in cls.__dict__:
+            cls.transports = (cls.transport,)
 
     def __init__(self, config: SimpleNamespace, context: StageContext) -> None:
         super().__init__(config, context)

@@ -377,7 +377,10 @@ def build_namespace(options: Iterable[Option], values: Mapping[str, Any]) -> Sim
     result = {}
     for option in options:
         if option.name in values and not (values[option.name] is None and option.default is None):
-            result[option.name] = option.type.convert(values[option.name])
+            try:
+                result[option.name] = option.type.convert(values[option.name])
+            except OptionError as error:  # a check spanning the option's parts (Struct subclasses)
+                raise OptionError(error.message, (option.name, *error.path)) from None
         else:
             result[option.name] = option.default_value()
     return SimpleNamespace(**result)

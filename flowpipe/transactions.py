@@ -41,6 +41,10 @@ NOTE_CLOSED = "no response before the connection closed"
 NOTE_END_OF_INPUT = "no response before the end of input"
 NOTE_OVERFLOW = "no response: more than max_pending requests waited on the connection"
 NOTE_UNMATCHED_RESPONSE = "response without a request"
+TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
+"""``network.transport`` by IANA protocol number."""
+PORTED = frozenset((6, 17, 132))
+"""Protocols with ports (``client.port``, ``server.port``)."""
 TABLE_LIMIT = 100_000
 """Requests one analyzer keeps waiting in all; beyond it the oldest is published alone."""
 
@@ -52,7 +56,7 @@ class Message:
     timestamp: float
     """Capture time of the message's first byte."""
     from_client: bool
-    """Whether the connection's client sent it."""
+    """Whether the flow's client (the connection's opener: ``packet.from_client``) sent it."""
     size: int = 0
     """Bytes the message took on the wire (headers and body)."""
     fields: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +102,7 @@ class Transactions:
         """A request: it waits for the next response on ``flow`` with the same ``key``."""
         queue = self._pending.setdefault(flow, {}).setdefault(key, deque())
         if len(queue) >= self.max_pending:
-            self._unanswered(flow, key, queue.popleft(), NOTE_OVERFLOW)
+            self._done_alone(flow, queue.popleft(), NOTE_OVERFLOW)
         queue.append(message)
         self._order.append((flow, key, message))
         self._waiting += 1
@@ -185,12 +189,6 @@ class Transactions:
             if not keys:
                 del self._pending[flow]
 
-    def _unanswered(self, flow: Any, key: Hashable, request: Message, note: str) -> None:
-        self._done_alone(flow, request, note)
-        keys = self._pending.get(flow)
-        if keys is not None and key in keys and not keys[key]:
-            del keys[key]
-
     def _done_alone(self, flow: Any, request: Message, note: str) -> None:
         request.done = True
         self._waiting -= 1
@@ -248,14 +246,14 @@ def transaction_event(
         event_info["end"] = event_info["start"]
     client: dict[str, Any] = {"ip": client_ip}
     server: dict[str, Any] = {"ip": server_ip}
-    if analyzer.transport != "icmp":
+    if flow.protocol in PORTED:
         client["port"] = client_port
         server["port"] = server_port
     client["bytes"] = request_bytes
     server["bytes"] = response_bytes
     network: dict[str, Any] = {
         "type": flow.network_type,
-        "transport": _transport(analyzer.transport, flow.network_type),
+        "transport": TRANSPORTS.get(flow.protocol, str(flow.protocol)),
         "protocol": name,
         "bytes": request_bytes + response_bytes,
     }
@@ -287,9 +285,3 @@ def transaction_event(
     if config.send_response and response is not None and response.raw is not None:
         event["response"] = response.raw.decode("utf-8", "replace")
     return event
-
-
-def _transport(transport: str, network_type: str) -> str:
-    if transport == "icmp" and network_type == "ipv6":
-        return "ipv6-icmp"
-    return transport

@@ -33,10 +33,12 @@ def transactions(
     capture: Iterable[tuple[float, bytes]] | Path,
     protocols: dict[str, Any] | None = None,
     linktype: int = LINKTYPE_ETHERNET,
+    plugins: list[str] | None = None,
     **protocol_options: Any,
 ) -> Decoded:
     """Decode ``capture`` with the ``protocol`` decoder configured by ``protocols`` (its
-    ``protocols:`` section) and ``protocol_options``; return the events it published."""
+    ``protocols:`` section) and ``protocol_options``; return the events it published.
+    ``plugins``: local plugin modules for the pipeline file's ``plugins:`` list."""
     if isinstance(capture, Path):
         pcap = capture
     else:
@@ -47,6 +49,7 @@ def transactions(
     pipeline_file.write_text(
         yaml.safe_dump(
             {
+                "plugins": plugins or [],
                 "inputs": [{"type": "pcap", "files": [str(pcap)]}],
                 "decoders": [
                     {"type": "ip", "flows": {"enabled": False}},
@@ -57,8 +60,9 @@ def transactions(
             }
         )
     )
-    spec = load_pipeline(pipeline_file, Registry.default())
-    pipeline = Pipeline(spec, Registry.default())
+    registry = Registry.default()
+    spec = load_pipeline(pipeline_file, registry)
+    pipeline = Pipeline(spec, registry)
     summary = pipeline.run()
     assert not summary.failures, summary.failures
     events = Decoded(orjson.loads(line) for line in output.read_bytes().splitlines())

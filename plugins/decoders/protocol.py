@@ -4,14 +4,16 @@ It consumes the ``tcp`` decoder's :class:`~flowpipe.plugins.decoders.transport.S
 items and drives the analyzers of :mod:`flowpipe.analyzer` (Packetbeat's contract):
 
 - a TCP connection belongs to the analyzer whose ``ports`` list its server port (else its
-  client port); on other ports, with ``content_detection`` on, its first bytes are offered to
+  client port: the analyzer's directions are then swapped, so that ``TO_SERVER`` is always
+  towards the listed port); on other ports, with ``content_detection`` on, its first bytes are offered to
   every analyzer that can recognise its protocol (:meth:`~flowpipe.analyzer.Analyzer.detect`),
   holding at most ``detection_bytes`` per direction meanwhile, and replayed to the one that
   claims it. Connections nobody claims are counted (``streams.unclaimed``) and skipped.
 - DATA goes to ``parse``, GAP to ``on_gap``, FIN to ``on_fin``, CLOSED to ``on_close``; a
   connection idle for the analyzer's ``connection_timeout`` of capture time is closed too.
-- UDP datagrams go to the analyzer listing their server (else client) port; ICMP messages to
-  every ICMP analyzer.
+- UDP datagrams go to the analyzer listing their server (else client) port among those with
+  ``udp`` in their ``transports`` (a TCP analyzer that also parses UDP, as DNS, is one of them);
+  ICMP messages to every ICMP analyzer.
 
 Each analyzer is configured in its own section of ``protocols`` (``protocols: {http: {ports:
 [80, 8000-8100]}, dns: {enabled: false}}``); an analyzer not named keeps its defaults, so with no
@@ -22,6 +24,7 @@ claim the same port of the same transport.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,7 +44,6 @@ from flowpipe import (
     StageContext,
     Struct,
     TcpAnalyzer,
-    UdpAnalyzer,
     hookimpl,
 )
 from flowpipe.registry import Registry
@@ -62,9 +64,9 @@ ANALYZER_ERROR = "analyzer_error"
 class Connection:
     """A TCP connection as the decoder tracks it: its analyzer, the analyzer's state, activity."""
 
-    __slots__ = ("analyzer", "candidates", "held", "last", "state")
+    __slots__ = ("analyzer", "candidates", "held", "last", "served_by_client", "state")
 
-    def __init__(self, analyzer: TcpAnalyzer | None, last: float) -> None:
+    def __init__(self, analyzer: TcpAnalyzer | None, last: float, served_by_client: bool = False) -> None:
         self.analyzer = analyzer
         """The analyzer that claimed the connection; None while detecting or when unclaimed."""
         self.state: Any = None
@@ -74,6 +76,10 @@ class Connection:
         self.held: list[StreamEvent] | None = None
         """While detecting: the stream items seen so far, replayed to the analyzer that claims.
         None with no analyzer: nobody claimed the connection, its items are skipped."""
+        self.served_by_client = served_by_client
+        """The analyzer's port is the flow's client port: the flow's client is the protocol's
+        server (a connection picked up mid-stream with the roles guessed wrong, or an active-mode
+        data connection), so directions are swapped for the analyzer."""
 
 
 class ProtocolSections(Struct):
@@ -98,14 +104,15 @@ class ProtocolSections(Struct):
                 raise OptionError(problems[0].message, (name, *problems[0].path))
             if not section.enabled:
                 continue
-            for port in getattr(section, "ports", ()):
-                other = claimed.setdefault((cls.transport, port), name)
-                if other != name:
-                    raise OptionError(
-                        f"{cls.transport} port {port} is claimed by both {other!r} and {name!r}; "
-                        f"remove it from one of them",
-                        (name, "ports"),
-                    )
+            for transport in cls.transports:
+                for port in getattr(section, "ports", ()):
+                    other = claimed.setdefault((transport, port), name)
+                    if other != name:
+                        raise OptionError(
+                            f"{transport} port {port} is claimed by both {other!r} and {name!r}; "
+                            f"remove it from one of them",
+                            (name, "ports"),
+                        )
         return sections
 
 
@@ -153,7 +160,8 @@ class ProtocolDecoder(Decoder):
             sections = ProtocolSections(classes).convert(sections)
         self.analyzers: list[Analyzer] = []
         self._tcp_ports: dict[int, TcpAnalyzer] = {}
-        self._udp_ports: dict[int, UdpAnalyzer] = {}
+        self._udp_ports: dict[int, tuple[Analyzer, Callable[[StreamEvent], None]]] = {}
+        """UDP port -> the analyzer parsing it and its ``parse_udp``."""
         self._icmp: list[IcmpAnalyzer] = []
         self._detectors: list[TcpAnalyzer] = []
         for name, cls in classes.items():
@@ -172,12 +180,12 @@ class ProtocolDecoder(Decoder):
             analyzer.name = name
             analyzer.start(self._emit)
             self.analyzers.append(analyzer)
+            if "udp" in cls.transports and hasattr(analyzer, "parse_udp"):
+                self._udp_ports.update(dict.fromkeys(section.ports, (analyzer, analyzer.parse_udp)))
             if isinstance(analyzer, TcpAnalyzer):
                 self._tcp_ports.update(dict.fromkeys(section.ports, analyzer))
                 if config.content_detection and cls.detect.__func__ is not Analyzer.detect.__func__:  # type: ignore[attr-defined]
                     self._detectors.append(analyzer)
-            elif isinstance(analyzer, UdpAnalyzer):
-                self._udp_ports.update(dict.fromkeys(section.ports, analyzer))
             elif isinstance(analyzer, IcmpAnalyzer):
                 self._icmp.append(analyzer)
         self._connections: OrderedDict[Any, Connection] = OrderedDict()
@@ -253,9 +261,13 @@ class ProtocolDecoder(Decoder):
 
     def _claim(self, flow: Any, timestamp: float) -> Connection:
         ports = self._tcp_ports
-        analyzer = ports.get(flow.server_port) or ports.get(flow.client_port)
+        analyzer = ports.get(flow.server_port)
+        served_by_client = False
+        if analyzer is None:
+            analyzer = ports.get(flow.client_port)
+            served_by_client = analyzer is not None
         if analyzer is not None:
-            connection = Connection(analyzer, timestamp)
+            connection = Connection(analyzer, timestamp, served_by_client)
             self.context.counters.add(f"streams.{analyzer.name}")
         elif self._detectors:
             connection = Connection(None, timestamp)
@@ -314,7 +326,7 @@ class ProtocolDecoder(Decoder):
 
     def _deliver(self, analyzer: TcpAnalyzer, connection: Connection, item: StreamEvent) -> None:
         kind, _, flow, from_client = item[0], item[1], item[2], item[3]
-        direction = TO_SERVER if from_client else TO_CLIENT
+        direction = TO_SERVER if from_client != connection.served_by_client else TO_CLIENT
         try:
             if kind == DATA:
                 connection.state = analyzer.parse(item, flow, direction, connection.state)
@@ -346,9 +358,9 @@ class ProtocolDecoder(Decoder):
         protocol = flow.protocol
         if protocol == PROTO_UDP:
             ports = self._udp_ports
-            analyzer = ports.get(flow.server_port) or ports.get(flow.client_port)
-            if analyzer is not None:
-                self._guarded(analyzer, analyzer.parse_udp, item)
+            claimed = ports.get(flow.server_port) or ports.get(flow.client_port)
+            if claimed is not None:
+                self._guarded(claimed[0], claimed[1], item)
             else:
                 self.context.counters.add("datagrams.unclaimed")
         elif protocol in ICMP_PROTOCOLS:
@@ -372,7 +384,9 @@ class ProtocolDecoder(Decoder):
     # -- time --------------------------------------------------------------------------------------
 
     def _expire(self, now: float) -> None:
-        """Close connections idle past their analyzer's connection_timeout; expire transactions."""
+        """Expire transactions; close connections idle past their analyzer's connection_timeout."""
+        for analyzer in self.analyzers:
+            self._guarded(analyzer, analyzer.expire, now)
         connections = self._connections
         while connections:
             flow, connection = next(iter(connections.items()))
@@ -383,8 +397,6 @@ class ProtocolDecoder(Decoder):
             del connections[flow]
             if analyzer is not None:
                 self._call_close(analyzer, flow, connection.state)
-        for analyzer in self.analyzers:
-            self._guarded(analyzer, analyzer.expire, now)
         self._gauges()
 
     def _gauges(self) -> None:

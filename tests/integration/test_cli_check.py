@@ -441,7 +441,7 @@ def test_valid_config_does_not_open_inputs(tmp_path: Path) -> None:
     text = VALID.replace("[missing.pcap]", "[missing.pcap, garbage.pcap]")
     result = check(tmp_path, text)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "pipeline.yml: OK (1 inputs, 2 decoders, 0 processors, 1 outputs)\n"
+    assert result.stdout == "pipeline.yml: OK (1 inputs, 3 decoders, 0 processors, 1 outputs)\n"
 
 
 def test_valid_config_counts_every_stage(tmp_path: Path) -> None:
@@ -475,7 +475,7 @@ def test_env_substitution_feeds_validation(tmp_path: Path) -> None:
     ok = check(tmp_path, text, env={"FLOWPIPE_TEST_LOOPS": "3"})
     assert (ok.returncode, ok.stdout, ok.stderr) == (
         0,
-        "pipeline.yml: OK (1 inputs, 2 decoders, 0 processors, 1 outputs)\n",
+        "pipeline.yml: OK (1 inputs, 3 decoders, 0 processors, 1 outputs)\n",
         "",
     )
     assert_config_errors(
@@ -507,7 +507,7 @@ def test_overrides_make_a_config_valid(tmp_path: Path) -> None:
         "outputs.1.codec=pretty",
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "pipeline.yml: OK (1 inputs, 2 decoders, 0 processors, 2 outputs)\n"
+    assert result.stdout == "pipeline.yml: OK (1 inputs, 3 decoders, 0 processors, 2 outputs)\n"
 
 
 def test_local_plugin_stage_is_validated(tmp_path: Path) -> None:
@@ -517,7 +517,7 @@ def test_local_plugin_stage_is_validated(tmp_path: Path) -> None:
     assert_config_errors(check(tmp_path, text), "pipeline.yml:8:5: processors.0.count: must be >= 1, got 0")
     result = check(tmp_path, text.replace("count: 0", "count: 2"))
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "pipeline.yml: OK (1 inputs, 2 decoders, 1 processors, 1 outputs)\n"
+    assert result.stdout == "pipeline.yml: OK (1 inputs, 3 decoders, 1 processors, 1 outputs)\n"
 
 
 def test_shipped_pipeline_is_valid() -> None:

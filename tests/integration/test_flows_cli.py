@@ -124,7 +124,7 @@ def test_flow_records_can_be_turned_off(tmp_path: Path) -> None:
     assert decoder_line(result, "ip").split()[2:] == ["in", "10", "out", "10"]
 
 
-def test_a_following_decoder_gets_the_tcp_and_udp_packets(tmp_path: Path) -> None:
+def test_a_following_decoder_gets_the_tcp_udp_and_icmp_packets(tmp_path: Path) -> None:
     (tmp_path / "recorder.py").write_text(RECORDER)
     result, events = run(
         tmp_path,
@@ -135,7 +135,7 @@ def test_a_following_decoder_gets_the_tcp_and_udp_packets(tmp_path: Path) -> Non
     records = [event for event in events if event["event"]["dataset"] == "flow"]
     assert [event["event"]["dataset"] for event in events].count("packet") == 0
     assert [flow_summary(record) for record in records] == FLOWS
-    tcp_id, udp_id = records[1]["flow"]["id"], records[0]["flow"]["id"]
+    tcp_id, udp_id, icmp_id = records[1]["flow"]["id"], records[0]["flow"]["id"], records[2]["flow"]["id"]
     assert [
         (event["flow_id"], event["from_client"], event["payload"], event["flags"]) for event in forwarded
     ] == [
@@ -148,9 +148,10 @@ def test_a_following_decoder_gets_the_tcp_and_udp_packets(tmp_path: Path) -> Non
         (tcp_id, False, "", FIN | ACK),
         (tcp_id, True, "", FIN | ACK),
         (tcp_id, False, "", ACK),
+        (icmp_id, True, "\x08\x00\xf7\xfd\x00\x01\x00\x01", 0),  # from the ICMP header on
     ]
-    assert decoder_line(result, "ip").split()[2:8] == ["in", "10", "out", "12", "flows", "3"]
-    assert decoder_line(result, "recorder").split()[2:6] == ["in", "9", "out", "9"]
+    assert decoder_line(result, "ip").split()[2:8] == ["in", "10", "out", "13", "flows", "3"]
+    assert decoder_line(result, "recorder").split()[2:6] == ["in", "10", "out", "10"]
 
 
 def check(folder: Path, flows: str) -> subprocess.CompletedProcess[str]:

@@ -870,7 +870,7 @@ def forward(
     return forwarded, events, decoder.context.counters.values
 
 
-def test_tcp_and_udp_packets_are_forwarded_with_their_flow() -> None:
+def test_tcp_udp_and_icmp_packets_are_forwarded_with_their_flow() -> None:
     frames = [
         tcp_frame(V4_SRC, V4_DST, 40000, 80, flags=dpkt.tcp.TH_SYN, seq=7),
         tcp_frame(V4_DST, V4_SRC, 80, 40000, flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, seq=99, ack=8),
@@ -887,6 +887,7 @@ def test_tcp_and_udp_packets_are_forwarded_with_their_flow() -> None:
         ((TIMESTAMP + 1,), (False, b"", 0, 0x12, 99, 8, 65535)),
         ((TIMESTAMP + 2,), (True, b"hello", 0, 0x18, 8, 100, 65535)),
         ((TIMESTAMP + 3,), (True, b"query", 0, 0, 0, 0, 0)),
+        ((TIMESTAMP + 4,), (True, bytes(icmp(8)), 0, 0, 0, 0, 0)),  # from the ICMP header on
     ]
     tcp_flow, udp_flow = forwarded[0].flow, forwarded[3].flow
     assert forwarded[1].flow is tcp_flow and forwarded[2].flow is tcp_flow

@@ -1,8 +1,9 @@
 """The ``echo`` analyzer: Packetbeat's tutorial protocol, and the reference for analyzer authors.
 
 The protocol is line based: the client sends requests that start with ``>``, the server answers
-each with a line that starts with ``<`` (success) or ``!`` (an error message); lines end with
-``\\n`` (a ``\\r`` before it is ignored). Requests may be pipelined.
+each with a line that starts with ``<`` (success) or ``!`` (an error message, also the answer to a
+client line without ``>``); lines end with ``\\n`` (a ``\\r`` before it is ignored). Requests may
+be pipelined. A server line without a marker is counted as ``dropped.echo.malformed``.
 
 The module has the four parts every analyzer has, each with one job:
 
@@ -34,6 +35,7 @@ from flowpipe import (
 __all__ = ["EchoAnalyzer", "EchoParser"]
 
 REQUEST, RESPONSE, ERROR = b">", b"<", b"!"
+MARKERS = (REQUEST, RESPONSE, ERROR)
 
 
 class EchoParser:
@@ -88,7 +90,10 @@ def _message(line: bytes, size: int, timestamp: float, from_client: bool) -> Mes
         timestamp=timestamp,
         from_client=from_client,
         size=size,
-        fields={"marker": text[:1], "text": text[1:].decode("utf-8", "replace")},
+        fields={
+            "marker": text[:1],
+            "text": (text[1:] if text[:1] in MARKERS else text).decode("utf-8", "replace"),
+        },
         raw=text,
         error=text[:1] == ERROR,
     )
@@ -115,11 +120,13 @@ class EchoAnalyzer(TcpAnalyzer):
     def parse(self, packet: AppPacket, flow: FlowInfo, direction: int, state: EchoState | None) -> EchoState:
         if state is None:
             state = EchoState(self.config.max_message_size)
-        from_client = direction == TO_SERVER
-        parser = state.client if from_client else state.server
-        for message in parser.feed(packet.data, packet.timestamp, from_client):
+        to_server = direction == TO_SERVER
+        parser = state.client if to_server else state.server
+        for message in parser.feed(packet.data, packet.timestamp, packet.from_client):
             marker = message.fields["marker"]
-            if marker == REQUEST:
+            if to_server:  # a request; one without ">" is invalid and will be answered with "!"
+                if marker != REQUEST:
+                    message.notes.append("request without the '>' marker")
                 self.transactions.request(flow, message)
             elif marker in (RESPONSE, ERROR):
                 self.transactions.response(flow, message)
