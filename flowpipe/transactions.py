@@ -133,6 +133,18 @@ class Transactions:
         self._publish(flow, request, message)
         return request
 
+    def publish_alone(self, flow: FlowInfo, message: Message, answer: bool = False) -> None:
+        """Publish a message that expects no counterpart (an ICMP error, a DHCP message).
+
+        Its sender is the client (with ``answer``, its receiver is: it is shown as a response);
+        its status comes from its own ``error`` alone, and it gets no note.
+        """
+        request, response = (None, message) if answer else (message, None)
+        event = transaction_event(self.analyzer, flow, request, response, alone=True)
+        self.fill(event, request, response)
+        self.analyzer.count("transactions")
+        self.analyzer.publish(event)
+
     def pending(self, flow: FlowInfo, key: Hashable = None) -> int:
         """Requests of ``flow`` and ``key`` waiting for a response."""
         keys = self._pending.get(flow)
@@ -204,12 +216,18 @@ class Transactions:
 
 
 def transaction_event(
-    analyzer: Analyzer, flow: FlowInfo, request: Message | None, response: Message | None
+    analyzer: Analyzer,
+    flow: FlowInfo,
+    request: Message | None,
+    response: Message | None,
+    alone: bool = False,
 ) -> Event:
     """A transaction event with the fields every protocol shares (Packetbeat's and ECS's names).
 
     The requester is ``source``/``client``, the responder ``destination``/``server``: for a
-    request alone or a pair, the request's sender; for a response alone, its receiver.
+    request alone or a pair, the request's sender; for a response alone, its receiver. The
+    status is Error when a message says so, or a request has no response (unless ``alone``: the
+    message expects none).
     """
     first = request if request is not None else response
     assert first is not None
@@ -230,7 +248,11 @@ def transaction_event(
         )
     request_bytes = request.size if request is not None else 0
     response_bytes = response.size if response is not None else 0
-    error = response is None or response.error or (request is not None and request.error)
+    error = (
+        (response is None and not alone)
+        or (response is not None and response.error)
+        or (request is not None and request.error)
+    )
     name = analyzer.name
     event_info: dict[str, Any] = {
         "dataset": name,
