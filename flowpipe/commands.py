@@ -1,4 +1,4 @@
-"""flowpipe's own subcommands (run, check, plugins), contributed through the plugin hook.
+"""flowpipe's own subcommands (run, check, plugins, new-plugin), contributed through the plugin hook.
 
 They are registered as the plugin ``commands`` of the ``flowpipe`` entry-point group, the same
 way a third-party package adds a subcommand.
@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
 from . import hookimpl
@@ -22,9 +23,10 @@ from .logs import configure_logging
 from .metrics import MetricsServer
 from .pipeline import Pipeline
 from .progress import ProgressBar
-from .registry import Registry
+from .registry import KINDS, Registry
+from .scaffold import TRANSPORTS, Skeleton, validate_name, write_skeleton
 
-__all__ = ["CheckCommand", "Command", "PluginsCommand", "RunCommand"]
+__all__ = ["CheckCommand", "Command", "NewPluginCommand", "PluginsCommand", "RunCommand"]
 
 DEFAULT_CONFIG = "pipeline.yml"
 
@@ -237,6 +239,36 @@ def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
         print("  ".join(cells).rstrip(), file=out)
 
 
+class NewPluginCommand(Command):
+    help = "write an installable package skeleton for a new plugin (an analyzer)"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--kind", required=True, choices=[kind for kind in KINDS if kind != "command"], help="plugin kind"
+        )
+        parser.add_argument("--name", required=True, help="plugin name, a lowercase identifier (myproto)")
+        parser.add_argument("--transport", choices=TRANSPORTS, default="tcp", help="analyzer transport (tcp)")
+        parser.add_argument(
+            "--output", type=Path, default=Path("."), metavar="DIR", help="write flowpipe-NAME/ here (.)"
+        )
+        parser.add_argument("--force", action="store_true", help="overwrite the files of an existing folder")
+
+    def run(self, args: argparse.Namespace) -> int:
+        taken = {
+            info.name: info.provider.describe() for info in self.registry.all() if info.kind == args.kind
+        }
+        skeleton = Skeleton(args.kind, validate_name(args.name, taken), args.transport)
+        folder, files = write_skeleton(skeleton, args.output, force=args.force)
+        print(f"wrote {folder}/: {', '.join(str(path.relative_to(folder)) for path in files)}")
+        print(f"next: cd {folder} && pip install -e '.[test]' && pytest  (and read README.md)")
+        return EXIT_OK
+
+
 @hookimpl
 def flowpipe_add_commands() -> dict[str, type[Command]]:
-    return {"run": RunCommand, "check": CheckCommand, "plugins": PluginsCommand}
+    return {
+        "run": RunCommand,
+        "check": CheckCommand,
+        "plugins": PluginsCommand,
+        "new-plugin": NewPluginCommand,
+    }
