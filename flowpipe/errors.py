@@ -49,8 +49,22 @@ class OutputError(Exception):
 
     ``retryable`` errors (connection refused, disk full, 5xx) are retried with backoff by the
     pipeline; the others count the batch's events as rejected.
+
+    An output that delivered part of the batch (a bulk request where some items failed) says so:
+    ``remaining`` holds the events still to deliver (the pipeline retries only those), and
+    ``rejected`` how many of the others were refused for good (dead-lettered, counted as
+    ``dropped.rejected``); the rest of the batch counts as delivered.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        remaining: list | None = None,
+        rejected: int = 0,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.remaining = remaining
+        self.rejected = rejected

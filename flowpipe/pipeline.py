@@ -357,6 +357,17 @@ class _OutputRunner:
                 self.counters.add(counter, count)
             self._in_flight = 0
 
+    def _progress(self, delivered: int, rejected: int) -> None:
+        """Part of the batch in flight was delivered or rejected; the rest stays in flight."""
+        with self._lock:
+            if self._abandoned:
+                return
+            if delivered:
+                self.counters.add("out", delivered)
+            if rejected:
+                self.counters.drop("rejected", rejected)
+            self._in_flight -= delivered + rejected
+
     def run(self, abort: threading.Event) -> None:
         dirty = False
         while True:
@@ -391,8 +402,8 @@ class _OutputRunner:
         context = self.output.context
         while True:
             try:
-                self.output.write(events)
-                self._settle("out", len(events))
+                rejected = self.output.write(events) or 0
+                self._progress(len(events) - rejected, rejected)
                 return
             except OutputError as error:
                 if not error.retryable:
@@ -401,6 +412,12 @@ class _OutputRunner:
                         "rejected", "output %r rejected %d events: %s", context.id, len(events), error
                     )
                     return
+                if error.remaining is not None:
+                    left = len(error.remaining)
+                    self._progress(len(events) - left - error.rejected, error.rejected)
+                    events = error.remaining
+                    if not events:
+                        return
                 self.counters.add("retries")
                 context.errors.warning(
                     "retry", "output %r failed (%s); retrying in %.1f s", context.id, error, delay

@@ -233,8 +233,13 @@ class Output(Stage):
         ),
     )
 
-    def write(self, events: list[Event]) -> None:
-        """Deliver ``events``; raise OutputError when they were not delivered."""
+    def write(self, events: list[Event]) -> int | None:
+        """Deliver ``events``; raise OutputError when they were not (all) delivered.
+
+        Return None, or how many of ``events`` were refused for good (sent to a dead-letter
+        file, say): they count as ``dropped.rejected``, the others as delivered. A partial
+        failure worth retrying raises ``OutputError(remaining=[...], rejected=N)``.
+        """
         raise NotImplementedError
 
     def flush(self) -> None:

@@ -312,6 +312,21 @@ def test_unreachable_output_is_retried_with_backoff_then_delivers_everything(tmp
     assert float(headline(result.stderr).group(1)) >= 0.7 * 0.8
 
 
+def test_a_partly_delivered_batch_retries_only_what_remains(tmp_path: Path) -> None:
+    config = write_pipeline(
+        tmp_path,
+        inputs=[{"type": "counting", "count": 1000}],
+        outputs=[{"type": "partial", "path": "partial.ndjson", "backoff": {"init": "1ms", "max": "10ms"}}],
+    )
+    result = run_cli(config)
+    assert result.returncode == 0, result.stderr
+    delivered, dead = source_ips(tmp_path / "partial.ndjson"), source_ips(tmp_path / "partial.ndjson.dead")
+    assert len(dead) == 10  # one per batch of 100
+    assert sorted(delivered + dead) == sorted(expected_ips(1000))  # each event once: no duplicates
+    summary = parse_summary(result.stderr)[("output", "partial")]
+    assert summary == {"in": 1000, "out": 990, "retries": 10, "dropped.rejected": 10}
+
+
 def test_input_failure_delivers_what_was_read_and_exits_1(tmp_path: Path) -> None:
     config = write_pipeline(
         tmp_path,
