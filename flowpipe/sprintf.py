@@ -18,7 +18,7 @@ from typing import Any
 from .event import Event, get_field
 from .options import OptionError, OptionType
 
-__all__ = ["MissingField", "Sprintf", "Template"]
+__all__ = ["MissingFieldError", "Sprintf", "Template"]
 
 _REFERENCE = re.compile(r"%\{([^}]*)\}")
 _JODA = re.compile(r"'[^']*'|yyyy|yy|MM|dd|HH|mm|ss|[A-Za-z]+")
@@ -34,7 +34,7 @@ _TIMESTAMP_SLICES = {
 _MISSING: Any = object()
 
 
-class MissingField(LookupError):
+class MissingFieldError(LookupError):
     """An event lacks a field the template needs and the template gives no default."""
 
 
@@ -64,7 +64,7 @@ class Template:
         return all(isinstance(part, str) for part in self.parts)
 
     def render(self, event: Event) -> str:
-        """The string for ``event``; raises :class:`MissingField` for a missing field without default."""
+        """The string for ``event``; raises :class:`MissingFieldError` for a missing field without default."""
         pieces: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
@@ -75,7 +75,7 @@ class Template:
                 value = get_field(event, spec, _MISSING)
                 if value is _MISSING or value is None:
                     if default is None:
-                        raise MissingField(f"the event has no field {spec!r} for {self.text!r}")
+                        raise MissingFieldError(f"the event has no field {spec!r} for {self.text!r}")
                     value = default
                 pieces.append(value if isinstance(value, str) else str(value))
             else:

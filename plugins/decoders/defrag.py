@@ -146,6 +146,12 @@ class Defragmenter:
         """Events by name (see the module's docstring); a name appears when first counted."""
         self._datagrams: OrderedDict[Hashable, _Datagram] = OrderedDict()
         self._held = 0
+        self.kept = False
+        """Whether the fragment of the last :meth:`add` was kept: it completed its datagram, is held,
+        or was atomic. False when it was dropped (malformed, or with its datagram by a cap)."""
+        self.started = False
+        """Whether the fragment of the last :meth:`add` started a datagram: none was held under its
+        key, or the one held had timed out (and was dropped)."""
 
     @property
     def held_bytes(self) -> int:
@@ -169,8 +175,10 @@ class Defragmenter:
         the datagram: (source, destination, identification, protocol) for IPv4, (source,
         destination, identification) for IPv6; the caller builds it. ``offset`` is in bytes (the
         header's field times 8), ``timestamp`` the fragment's capture time in seconds. Never
-        raises for any offset in 0..65535 and any data.
+        raises for any offset in 0..65535 and any data. :attr:`kept` and :attr:`started` then tell
+        what became of the fragment.
         """
+        self.kept = self.started = False
         length = len(data)
         end = offset + length
         if end > MAX_PAYLOAD:
@@ -179,6 +187,7 @@ class Defragmenter:
             if not length or length & 7:
                 return self._count(BAD_LENGTH)
         elif not offset:
+            self.kept = True
             return bytes(data)
         table = self._datagrams
         datagram = table.get(key)
@@ -226,6 +235,8 @@ class Defragmenter:
             need += added_bytes + added * FRAGMENT_OVERHEAD
         if self._held + need > self.max_bytes and not self._make_room(need, datagram):
             return None
+        self.kept = True
+        self.started = is_new
         if covered:
             if added or any(
                 datas[index][start - starts[index] : stop - starts[index]]

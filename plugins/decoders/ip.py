@@ -552,9 +552,12 @@ class IpDecoder(Decoder):
             del pending[key]
             entry = None
         payload = defrag.add(key, timestamp, offset, more, memoryview(frame)[payload_start:end])
+        if entry is not None and defrag.started:  # its datagram had timed out: the fragment starts anew
+            del pending[key]
+            entry = None
         if payload is None:
-            if key not in defrag:  # dropped: a malformed fragment, or its datagram went
-                if entry is not None:
+            if not defrag.kept:  # dropped: a malformed fragment (its datagram stays), or its datagram went
+                if entry is not None and key not in defrag:
                     del pending[key]
                 return None
             if entry is None:

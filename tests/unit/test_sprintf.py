@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowpipe.options import OptionError
-from flowpipe.sprintf import MissingField, Sprintf, Template
+from flowpipe.sprintf import MissingFieldError, Sprintf, Template
 
 EVENT = {
     "@timestamp": "2024-03-09T07:05:01.250Z",
@@ -38,7 +38,7 @@ def test_static_templates_are_known() -> None:
 
 
 def test_a_missing_field_without_default_is_an_error() -> None:
-    with pytest.raises(MissingField, match="no field 'dns.id'"):
+    with pytest.raises(MissingFieldError, match=r"no field 'dns\.id'"):
         Template("dns-%{[dns][id]}").render(EVENT)
 
 
