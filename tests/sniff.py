@@ -68,6 +68,8 @@ def sniffing(path: Path, capture_filter: str, interface: str = "lo") -> Iterator
                 "root",
                 "-U",
                 "--immediate-mode",
+                "-B",  # a 16 MiB kernel buffer: a busy machine drops nothing
+                "16384",
                 "-w",
                 str(path),
                 capture_filter,
