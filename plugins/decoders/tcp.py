@@ -179,6 +179,8 @@ class TcpDecoder(Decoder):
                 stream, other = connection.client, connection.server
             else:
                 stream, other = connection.server, connection.client
+            if flags & ACK_FLAG and not other.quiet:  # first: the reply follows the data it acknowledges
+                other.acked(ack, out, timestamp)
             if not flags & _CONTROL:
                 if payload:
                     if seq == stream.seq and stream.quiet and not missing:  # the fast path
@@ -194,8 +196,6 @@ class TcpDecoder(Decoder):
                     counts[KEEPALIVES] += 1
             elif self._control(connection, stream, other, packet, out):
                 continue
-            if flags & ACK_FLAG and not other.quiet:
-                other.acked(ack, out, timestamp)
             if stream.done and other.done:
                 self._close(connection, FIN_REASON, from_client, timestamp, out)
                 self._remember(flow, timestamp)

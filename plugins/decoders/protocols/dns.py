@@ -26,6 +26,7 @@ does since it adopted ECS; bytes outside printable ASCII are escaped as ``\\DDD`
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import socket
 import struct
@@ -744,6 +745,11 @@ class DnsState:
 # -- registered domains ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _load_suffix_list(path: str, mtime_ns: int, size: int) -> PublicSuffixList:
+    return PublicSuffixList(Path(path).read_text("utf-8").splitlines())
+
+
 class PublicSuffixList:
     """The rules of the Public Suffix List (publicsuffix.org) that name registered domains."""
 
@@ -768,8 +774,12 @@ class PublicSuffixList:
 
     @classmethod
     def load(cls, path: Path) -> PublicSuffixList:
-        """Read the list in its published format (one rule a line, ``//`` comments)."""
-        return cls(path.read_text("utf-8").splitlines())
+        """Read the list in its published format (one rule a line, ``//`` comments).
+
+        Parsed once per file version in a process (the lists are read-only once built).
+        """
+        stat = path.stat()
+        return _load_suffix_list(str(path), stat.st_mtime_ns, stat.st_size)
 
     def split(self, name: str) -> tuple[int, int] | None:
         """Where the public suffix of ``name`` starts, counted in labels: ``(start, labels)``.
