@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import corpus
 import pytest
 import tshark
 import yaml
@@ -27,16 +28,10 @@ from flowpipe.config import load_pipeline
 from flowpipe.pipeline import Pipeline
 from flowpipe.registry import Registry
 
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus"
 PLUGIN = Path(__file__).with_name("stream_dump.py")
 
-if not CORPUS.is_dir():
-    pytest.skip(f"conformance corpus not found at {CORPUS}", allow_module_level=True)
-if not tshark.available():
-    pytest.skip("tshark is not installed (apt-get install tshark)", allow_module_level=True)
-
-CAPTURES = sorted(CORPUS.glob("*.pcap"))
+corpus.require("tshark")
+CAPTURES = corpus.captures()
 
 EXCEPTIONS: dict[str, str] = {
     "tcp-split-handshake-02-5whs__split-handshake-5whs.pcap": "split handshake (both sides send a SYN): "
