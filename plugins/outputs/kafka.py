@@ -1,0 +1,427 @@
+"""The ``kafka`` output: events as Kafka messages through librdkafka (``confluent-kafka``), at least once.
+
+Each event becomes one message: the value from ``codec``, the topic from the ``topic`` format
+string (``flowpipe-%{[event.dataset]}``) and an optional key from ``key``
+(``%{[network.community_id]}``: every message of a flow lands in the same partition).
+
+Delivery: :meth:`KafkaOutput.write` produces a batch, sends it at once (a pipeline batch is the
+unit of sending, so ``linger.ms`` does not delay it) and waits for the delivery report of every
+message, at most ``delivery_timeout`` (librdkafka's ``message.timeout.ms``).
+An event counts as shipped only on a successful delivery report. Events whose delivery failed
+for a reason that may pass (broker down, timeout, leader change) are handed back to the pipeline
+with ``OutputError(remaining=...)``: it backs off and retries only those, while the bounded queue
+in front of this output holds back the rest (backpressure up to the input, or drops counted as
+``queue_full`` with ``on_full: drop``). Events the cluster refuses for good (message too large,
+topic authorization) and events without a field the topic needs are rejected and counted.
+
+After a write with failures the producer is replaced by a new one: a producer whose broker lost
+its state (a restarted broker without persistent storage) is otherwise left with an idempotent
+producer id the broker no longer knows, and every later message times out.
+
+An unreachable broker at start is not an error: librdkafka connects in the background and the
+first writes are retried. At shutdown, messages still in the producer (a write the pipeline gave
+up on at its ``shutdown_timeout``) get ``flush_timeout`` to be delivered, and what is left is
+reported; the pipeline counts them as ``dropped.undelivered``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from flowpipe import (
+    AnyValue,
+    Bool,
+    Choice,
+    Duration,
+    Event,
+    Int,
+    ListOf,
+    MapOf,
+    Option,
+    OptionError,
+    Output,
+    OutputError,
+    StartupError,
+    Str,
+    hookimpl,
+)
+from flowpipe.codecs import CODECS
+from flowpipe.options import OptionType
+from flowpipe.sprintf import MissingFieldError, Sprintf, Template
+
+VALUE_CODECS: dict[str, Callable[[Any], bytes]] = {"json": CODECS["json"]}
+"""How an item becomes a message value, by ``codec`` name (``json``: the event as one JSON line)."""
+
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError._INVALID_ARG,
+    }
+)
+"""Delivery errors that a retry cannot fix: the event is rejected. Every other error is retried."""
+
+_PENDING, _DELIVERED, _RETRY, _REJECTED = 0, 1, 2, 3
+_WAIT_SLICE = 0.2
+"""Longest single wait for delivery reports, so that a closing output is noticed quickly."""
+_GRACE = 5.0
+"""How long past ``delivery_timeout`` a write waits for librdkafka's reports before purging."""
+_CLOSE_WAIT = 2.0
+"""How long close() waits for a write in progress (another thread) to notice and return."""
+
+
+class Acks(OptionType):
+    """``acks``: all (-1), 0 or 1, as librdkafka's ``acks`` wants it."""
+
+    name = "all | -1 | 0 | 1"
+
+    def convert(self, value: Any) -> str:
+        if isinstance(value, bool) or value not in ("all", -1, "-1", 0, "0", 1, "1"):
+            raise OptionError(f"expected all, -1, 0 or 1, got {value!r}")
+        return "all" if value in ("all", -1, "-1") else str(value)
+
+
+class _Outcome:
+    """What became of each message of one write: pending, delivered, to retry or rejected."""
+
+    __slots__ = ("pending", "reasons", "retry_reason", "state")
+
+    def __init__(self, count: int) -> None:
+        self.state = bytearray(count)  # _PENDING
+        self.pending = count
+        self.reasons: dict[str, int] = {}
+        """Why events were rejected, and how many for each reason."""
+        self.retry_reason = "no delivery report in time"
+
+    def settle(self, index: int, outcome: int, reason: str = "") -> None:
+        if self.state[index] != _PENDING:
+            return
+        self.state[index] = outcome
+        self.pending -= 1
+        if outcome == _REJECTED:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        elif outcome == _RETRY and reason:
+            self.retry_reason = reason
+
+    def failed(self, index: int, error: KafkaError) -> None:
+        permanent = error.code() in PERMANENT_ERRORS and not error.fatal()
+        self.settle(index, _REJECTED if permanent else _RETRY, error.str())
+
+    def report(self, index: int, error: KafkaError | None, _message: Message) -> None:
+        """librdkafka's delivery report of message ``index``."""
+        if error is None:
+            self.settle(index, _DELIVERED)
+        else:
+            self.failed(index, error)
+
+    def count(self, outcome: int) -> int:
+        return self.state.count(outcome)
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines go to debug level: its errors reach ``error_cb``, rate-limited."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def log(self, _level: int, message: str, *args: Any) -> None:
+        self.logger.debug(message, *args)
+
+
+class KafkaOutput(Output):
+    """Send events to Kafka (librdkafka): topic and key from the event, at-least-once delivery."""
+
+    options = (
+        Option(
+            "hosts",
+            ListOf(Str(nonempty=True), min_items=1),
+            required=True,
+            description="bootstrap brokers, host:port",
+        ),
+        Option(
+            "topic",
+            Sprintf(),
+            required=True,
+            description="topic of each event, a format string such as flowpipe-%{[event.dataset]}",
+        ),
+        Option(
+            "key",
+            Sprintf(),
+            None,
+            "message key, a format string such as %{[network.community_id]} (no key when a field is missing)",
+        ),
+        Option("codec", Choice(*VALUE_CODECS), "json", "how each event becomes a message value"),
+        Option("acks", Acks(), "all", "acknowledgements the leader waits for: all (-1), 1 or 0 (none)"),
+        Option(
+            "idempotence",
+            Bool(),
+            True,
+            "idempotent producer: no duplicates or reordering from its own retries (needs acks: all)",
+        ),
+        Option(
+            "compression",
+            Choice("none", "gzip", "snappy", "lz4", "zstd"),
+            "none",
+            "compression of message batches",
+        ),
+        Option(
+            "max_in_flight",
+            Int(1, 1_000_000),
+            5,
+            "requests in flight per broker connection (at most 5 with idempotence)",
+        ),
+        Option(
+            "delivery_timeout",
+            Duration(),
+            "30s",
+            "longest wait for a message's delivery report; then it is handed back for a retry",
+        ),
+        Option(
+            "flush_timeout",
+            Duration(),
+            "5s",
+            "at shutdown, how long messages still in the producer may take to be delivered",
+        ),
+        Option("client_id", Str(nonempty=True), "flowpipe", "client.id for the brokers' logs and quotas"),
+        Option(
+            "security_protocol",
+            Choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
+            None,
+            "security.protocol (default: from which of sasl and ssl are set)",
+        ),
+        Option(
+            "sasl",
+            MapOf(AnyValue()),
+            {},
+            "librdkafka sasl.* settings without the prefix (mechanism, username, password...)",
+        ),
+        Option(
+            "ssl",
+            MapOf(AnyValue()),
+            {},
+            "librdkafka ssl.* settings without the prefix (ca.location...; paths from the pipeline folder)",
+        ),
+        Option("settings", MapOf(AnyValue()), {}, "other librdkafka producer settings, applied last"),
+    )
+
+    @classmethod
+    def check_config(cls, config: Any) -> list[OptionError]:
+        if not config.idempotence:
+            return []
+        problems = []
+        if config.acks != "all":
+            problems.append(
+                OptionError("idempotence needs acks: all (set idempotence: false for acks 0 or 1)", ("acks",))
+            )
+        if config.max_in_flight > 5:
+            problems.append(
+                OptionError("idempotence allows at most 5 requests in flight", ("max_in_flight",))
+            )
+        return problems
+
+    def open(self) -> None:
+        self._closing = threading.Event()
+        self._writing = threading.Lock()
+        self._fatal: KafkaError | None = None
+        self._interrupted: _Outcome | None = None
+        self._encode = VALUE_CODECS[self.config.codec]
+        self._librdkafka_log = _LibrdkafkaLog(logging.getLogger(f"{self.context.log.name}.librdkafka"))
+        self._producer_settings = self.producer_settings()
+        try:
+            self._producer: Producer | None = self._new_producer()
+        except KafkaException as error:
+            raise StartupError(f"kafka output {self.context.id!r}: {error.args[0].str()}") from error
+
+    def producer_settings(self) -> dict[str, Any]:
+        """The librdkafka configuration built from the options (without the callbacks)."""
+        config = self.config
+        timeout_ms = max(1, int(config.delivery_timeout * 1000))
+        settings: dict[str, Any] = {
+            "bootstrap.servers": ",".join(config.hosts),
+            "client.id": config.client_id,
+            "acks": config.acks,
+            "enable.idempotence": config.idempotence,
+            "compression.type": config.compression,
+            "max.in.flight.requests.per.connection": config.max_in_flight,
+            "message.timeout.ms": timeout_ms,
+            "request.timeout.ms": min(timeout_ms, 30_000),
+        }
+        settings["security.protocol"] = config.security_protocol or (
+            ("sasl_" if config.sasl else "") + ("ssl" if config.ssl else "plaintext")
+        )
+        settings.update((f"sasl.{name}", value) for name, value in config.sasl.items())
+        for name, value in config.ssl.items():
+            if name.endswith("location") and isinstance(value, str) and value != "probe":
+                value = str(self.context.resolve_path(value))
+            settings[f"ssl.{name}"] = value
+        settings.update(config.settings)
+        return settings
+
+    def _new_producer(self) -> Producer:
+        self._fatal = None
+        return Producer(self._producer_settings, error_cb=self._on_error, logger=self._librdkafka_log)
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's errors outside delivery reports (brokers down, fatal producer errors)."""
+        if error.fatal():
+            self._fatal = error
+        self.context.errors.warning(
+            f"kafka.{error.name()}", "kafka output %r: %s", self.context.id, error.str()
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, events: list[Event]) -> int | None:
+        with self._writing:
+            if self._closing.is_set():
+                raise OutputError("the output is closing")
+            if self._producer is None:
+                self._producer = self._new_producer()
+                self.context.counters.add("producer_restarts")
+            producer = self._producer
+            outcome = _Outcome(len(events))
+            self._produce_all(producer, events, outcome)
+            self._await(producer, outcome)
+            if self._closing.is_set():  # the pipeline gave up on this write; close() reports on it
+                self._interrupted = outcome
+                raise OutputError("shutdown while waiting for delivery reports")
+            retry = [
+                event
+                for event, state in zip(events, outcome.state, strict=True)
+                if state in (_RETRY, _PENDING)
+            ]
+            rejected = outcome.count(_REJECTED)
+            if rejected:
+                self.context.errors.error(
+                    "rejected",
+                    "kafka output %r: %d events refused for good: %s",
+                    self.context.id,
+                    rejected,
+                    "; ".join(f"{reason} ({count})" for reason, count in outcome.reasons.items()),
+                )
+            if not retry:
+                return rejected
+            self._retire(producer)
+            raise OutputError(
+                f"{len(retry)} of {len(events)} events not delivered: {outcome.retry_reason}",
+                remaining=retry,
+                rejected=rejected,
+            )
+
+    def _produce_all(self, producer: Producer, events: list[Event], outcome: _Outcome) -> None:
+        topic_template: Template = self.config.topic
+        static_topic = topic_template.text if topic_template.is_static else None
+        key_template: Template | None = self.config.key
+        encode = self._encode
+        report = outcome.report
+        unkeyed = 0
+        for index, event in enumerate(events):
+            try:
+                topic = static_topic or topic_template.render(event)
+            except MissingFieldError as error:
+                outcome.settle(index, _REJECTED, f"no topic: {error}")
+                continue
+            key = None
+            if key_template is not None:
+                try:
+                    key = key_template.render(event)
+                except MissingFieldError:
+                    unkeyed += 1
+            try:
+                value = encode(event)
+            except TypeError as error:  # orjson: a value or key it cannot serialise
+                outcome.settle(index, _REJECTED, f"cannot encode: {error}")
+                continue
+            self._produce(producer, outcome, index, topic, key, value, partial(report, index))
+        if unkeyed:
+            self.context.counters.add("unkeyed", unkeyed)
+
+    def _produce(
+        self,
+        producer: Producer,
+        outcome: _Outcome,
+        index: int,
+        topic: str,
+        key: str | None,
+        value: bytes,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:  # librdkafka's local queue is full: serve reports to make room
+                if self._closing.is_set() or self._fatal is not None:
+                    outcome.settle(index, _RETRY, "the producer's queue is full")
+                    return
+                producer.poll(_WAIT_SLICE)
+            except KafkaException as error:
+                outcome.failed(index, error.args[0])
+                return
+
+    def _await(self, producer: Producer, outcome: _Outcome) -> None:
+        """Wait for every report of ``outcome``, at most ``delivery_timeout`` plus a grace period."""
+        deadline = time.monotonic() + self.config.delivery_timeout + _GRACE
+        while outcome.pending and not self._closing.is_set() and self._fatal is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            producer.flush(min(left, _WAIT_SLICE))  # sends at once, whatever linger.ms, and serves reports
+        if outcome.pending and not self._closing.is_set():
+            producer.purge()
+            producer.flush(_WAIT_SLICE)  # the purged messages' reports: retried
+
+    def _retire(self, producer: Producer) -> None:
+        """Drop a producer after failed deliveries; the next write starts a new one."""
+        producer.purge()
+        producer.flush(_WAIT_SLICE)
+        self._producer = None  # destroyed with its last reference
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._closing.set()
+        if not self._writing.acquire(timeout=_CLOSE_WAIT):
+            self.context.log.error("kafka output %r: a write did not return; not flushed", self.context.id)
+            return
+        try:
+            producer, self._producer = self._producer, None
+            if producer is None:
+                return
+            outcome = self._interrupted
+            if outcome is not None and outcome.pending:
+                waiting, before = outcome.pending, outcome.count(_DELIVERED)
+                producer.flush(self.config.flush_timeout)
+                delivered = outcome.count(_DELIVERED) - before
+                self.context.log.warning(
+                    "kafka output %r: shutdown interrupted a write with %d messages awaiting delivery: "
+                    "%d delivered within flush_timeout (%g s) although counted undelivered, %d not delivered",
+                    self.context.id,
+                    waiting,
+                    delivered,
+                    self.config.flush_timeout,
+                    waiting - delivered,
+                )
+            if len(producer):
+                producer.purge()
+                producer.flush(_WAIT_SLICE)
+        finally:
+            self._writing.release()
+
+
+@hookimpl
+def flowpipe_add_outputs() -> dict[str, type[Output]]:
+    return {"kafka": KafkaOutput}
