@@ -29,6 +29,7 @@ from .analyzer import (  # noqa: E402
     TcpAnalyzer,
     UdpAnalyzer,
 )
+from .conditions import Condition, compile_condition  # noqa: E402
 from .errors import ConfigError, OutputError, PluginError, StartupError  # noqa: E402
 from .event import Event, delete_field, format_timestamp, get_field, has_field, set_field  # noqa: E402
 from .options import (  # noqa: E402
@@ -37,6 +38,7 @@ from .options import (  # noqa: E402
     ByteSize,
     Choice,
     Duration,
+    FieldPath,
     Float,
     Int,
     ListOf,
@@ -60,10 +62,12 @@ __all__ = [
     "Bool",
     "ByteSize",
     "Choice",
+    "Condition",
     "ConfigError",
     "Decoder",
     "Duration",
     "Event",
+    "FieldPath",
     "Float",
     "FlowInfo",
     "IcmpAnalyzer",
@@ -92,6 +96,7 @@ __all__ = [
     "Transactions",
     "UdpAnalyzer",
     "__version__",
+    "compile_condition",
     "delete_field",
     "format_timestamp",
     "get_field",

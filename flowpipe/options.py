@@ -24,6 +24,7 @@ __all__ = [
     "ByteSize",
     "Choice",
     "Duration",
+    "FieldPath",
     "Float",
     "Int",
     "ListOf",
@@ -141,6 +142,24 @@ class Float(OptionType):
                 op = ">" if self.exclusive_minimum else ">="
                 raise OptionError(f"must be {op} {self.minimum:g}, got {value:g}")
         return float(value)
+
+
+class FieldPath(OptionType):
+    """A dotted path into events (``source.ip``); with ``root``, ``""`` names the event itself."""
+
+    name = "field"
+
+    def __init__(self, *, root: bool = False) -> None:
+        self.root = root
+
+    def convert(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise OptionError(f"expected a field name such as source.ip, got {_describe(value)}")
+        if value == "" and self.root:
+            return value
+        if any(not part for part in value.split(".")):
+            raise OptionError(f"invalid field name {value!r}: expected dotted names such as source.ip")
+        return value
 
 
 class Choice(OptionType):

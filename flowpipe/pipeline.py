@@ -298,7 +298,7 @@ class Pipeline:
             counters = processor.context.counters
             counters.add("in", len(events))
             try:
-                processed = processor.process(events)
+                processed = processor.apply(events)
                 counters.add("out", len(processed))  # inside: a result without len() is its failure
             except Exception:
                 counters.drop("processor_error", len(events))

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from .conditions import Condition
 from .event import Event
 from .metrics import Counters, RateLimitedLog
 from .options import Choice, Duration, Option, OptionError, Struct
@@ -197,9 +198,49 @@ class Decoder(Stage):
 
 
 class Processor(Stage):
-    """Enriches, changes or filters events, a batch at a time, in the worker."""
+    """Enriches, changes or filters events, a batch at a time, in the worker.
+
+    The pipeline calls :meth:`apply`, which honours the common ``when:`` option and calls
+    :meth:`process`. A processor that drops events counts each as ``dropped.<reason>`` in
+    ``self.context.counters``, so that ``in`` = ``out`` + drops.
+    """
 
     kind = "processor"
+    common_options = (
+        Option(
+            "when",
+            Condition(),
+            None,
+            "process only the events for which this condition holds; the others pass unchanged",
+        ),
+    )
+
+    def apply(self, events: list[Event]) -> list[Event]:
+        """The batch after this processor: :meth:`process` on the events ``when`` selects.
+
+        Without ``when`` every event goes through :meth:`process` in one call. With it, each run
+        of consecutive selected events goes through :meth:`process` on its own and its result
+        takes the run's place, so the batch keeps its order.
+        """
+        when = self.config.when
+        if when is None:
+            return self.process(events)
+        result: list[Event] = []
+        run: list[Event] = []
+        for event in events:
+            if when(event):
+                run.append(event)
+                continue
+            if run:
+                result.extend(self.process(run))
+                run = []
+            result.append(event)
+        if not run:
+            return result
+        if not result:  # every event selected
+            return self.process(run)
+        result.extend(self.process(run))
+        return result
 
     def process(self, events: list[Event]) -> list[Event]:
         """Return the events to pass on (the same list, changed in place, or a new one)."""

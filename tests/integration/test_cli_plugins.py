@@ -16,6 +16,7 @@ from flowpipe.registry import KINDS, Registry
 
 VERSION = importlib.metadata.version("flowpipe")
 REGISTRY = Registry.default()
+WHEN = "process only the events for which this condition holds; the others pass unchanged"
 PcapInput = REGISTRY.get("input", "pcap").cls
 IpDecoder = REGISTRY.get("decoder", "ip").cls
 StdoutOutput = REGISTRY.get("output", "stdout").cls
@@ -147,13 +148,13 @@ def test_show_output_includes_common_options(tmp_path: Path) -> None:
 
 def test_show_plugin_without_options(tmp_path: Path) -> None:
     (tmp_path / "plain.py").write_text(
-        "from flowpipe import Processor, hookimpl\n\n\n"
-        "class Plain(Processor):\n"
-        '    """Pass events on."""\n\n'
-        "    def process(self, events):\n"
-        "        return events\n\n\n"
+        "from flowpipe import Decoder, hookimpl\n\n\n"
+        "class Plain(Decoder):\n"
+        '    """Pass packets on."""\n\n'
+        "    def decode(self, batch, events):\n"
+        "        return batch\n\n\n"
         "@hookimpl\n"
-        "def flowpipe_add_processors():\n"
+        "def flowpipe_add_decoders():\n"
         '    return {"plain": Plain}\n'
     )
     (tmp_path / "pipeline.yml").write_text(
@@ -162,7 +163,7 @@ def test_show_plugin_without_options(tmp_path: Path) -> None:
     result = flowpipe(tmp_path, "plugins", "-c", "pipeline.yml", "plain")
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
-    assert lines[0] == "processor 'plain' from local plugin 'plain.py'"
+    assert lines[0] == "decoder 'plain' from local plugin 'plain.py'"
     assert lines[-1] == "options: none besides type and id"
 
 
@@ -229,7 +230,8 @@ def test_show_local_plugin(local_plugin_pipeline: Path) -> None:
         "Longer description.",
     ]
     assert option_table(result.stdout) == [
-        {"OPTION": "count", "TYPE": "integer >= 1", "DEFAULT": "1", "DESCRIPTION": "how many tags"}
+        {"OPTION": "count", "TYPE": "integer >= 1", "DEFAULT": "1", "DESCRIPTION": "how many tags"},
+        {"OPTION": "when", "TYPE": "condition", "DEFAULT": "null", "DESCRIPTION": WHEN},
     ]
 
 

@@ -125,8 +125,10 @@ def test_plugins_command_lists_local_plugins_of_a_pipeline(
         "\n"
         "Set labels.by_path on every event.\n"
         "\n"
-        "OPTION  TYPE    DEFAULT  DESCRIPTION\n"
-        "value   string  by_path  the value to set\n"
+        "OPTION  TYPE       DEFAULT  DESCRIPTION\n"
+        "value   string     by_path  the value to set\n"
+        "when    condition  null     process only the events for which this condition holds; "
+        "the others pass unchanged\n"
     )
 
 

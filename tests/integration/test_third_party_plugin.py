@@ -96,9 +96,11 @@ def test_plugins_shows_the_example_processor_options(wheel_env: WheelEnv) -> Non
         "\n"
         "Set one field to a fixed value on every event.\n"
         "\n"
-        "OPTION  TYPE    DEFAULT         DESCRIPTION\n"
-        "field   string  labels.example  dotted path of the field to set\n"
-        "value   string  (required)      the value to set\n"
+        "OPTION  TYPE       DEFAULT         DESCRIPTION\n"
+        "field   string     labels.example  dotted path of the field to set\n"
+        "value   string     (required)      the value to set\n"
+        "when    condition  null            process only the events for which this condition holds; "
+        "the others pass unchanged\n"
     )
 
 
