@@ -370,7 +370,9 @@ class _OutputRunner:
 
     def run(self, abort: threading.Event) -> None:
         dirty = False
-        while True:
+        limit, wait = self.output.batching()
+        ended = False
+        while not ended:
             batch = self.queue.get(timeout=0.0 if dirty else 0.5)
             if batch is None:
                 if dirty:
@@ -378,10 +380,24 @@ class _OutputRunner:
                 continue
             if batch is END:
                 break
+            if limit and len(batch) < limit:
+                batch, ended = self._gather(list(batch), limit, wait)
             self._deliver(batch, abort)
             dirty = True
         if dirty and not abort.is_set():
             self._flush()
+
+    def _gather(self, events: list[Event], limit: int, wait: float) -> tuple[list[Event], bool]:
+        """Join queued batches to ``events`` (up to ``limit`` events or ``wait`` s); whether END came."""
+        deadline = time.monotonic() + wait
+        while len(events) < limit:
+            more = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            if more is None:
+                return events, False
+            if more is END:
+                return events, True
+            events.extend(more)
+        return events, False
 
     def _flush(self) -> bool:
         try:

@@ -283,5 +283,11 @@ class Output(Stage):
         """
         raise NotImplementedError
 
+    def batching(self) -> tuple[int, float]:
+        """``(events, seconds)``: join queued batches into writes of up to ``events`` events, waiting
+        at most ``seconds`` for more once a batch is there (a bulk API's size and flush interval).
+        ``(0, 0.0)``, the default: one write per batch."""
+        return (0, 0.0)
+
     def flush(self) -> None:
         """Push out anything buffered (called when the queue runs empty and at shutdown)."""

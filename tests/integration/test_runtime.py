@@ -312,6 +312,23 @@ def test_unreachable_output_is_retried_with_backoff_then_delivers_everything(tmp
     assert float(headline(result.stderr).group(1)) >= 0.7 * 0.8
 
 
+def test_an_output_may_join_queued_batches_into_larger_writes(tmp_path: Path) -> None:
+    config = write_pipeline(
+        tmp_path,
+        batch_size=10,
+        inputs=[{"type": "counting", "count": 1000}],
+        outputs=[{"type": "bulky", "path": "bulky.ndjson", "bulk": 300, "wait": "2s"}],
+    )
+    result = run_cli(config)
+    assert result.returncode == 0, result.stderr
+    assert source_ips(tmp_path / "bulky.ndjson") == expected_ips(1000)
+    sizes = [int(line) for line in (tmp_path / "bulky.ndjson.sizes").read_text().split()]
+    assert sum(sizes) == 1000
+    assert max(sizes) <= 300 + 9  # a write grows by whole batches of 10
+    assert len(sizes) < 20  # not one write per batch of 10
+    assert parse_summary(result.stderr)[("output", "bulky")] == {"in": 1000, "out": 1000}
+
+
 def test_a_partly_delivered_batch_retries_only_what_remains(tmp_path: Path) -> None:
     config = write_pipeline(
         tmp_path,
