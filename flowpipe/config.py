@@ -125,7 +125,8 @@ class Document:
 
 # -- parsing -------------------------------------------------------------------------------------
 
-_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:%\{[^}]*\}|[^}])*))?\}")
+"""``${NAME}``, ``${NAME:default}`` (a default may hold ``%{...}`` format references) and ``$${`` escapes."""
 _PLAIN_SCALARS = (int, float, bool, type(None))
 
 

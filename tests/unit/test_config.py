@@ -99,6 +99,8 @@ def substituted(tmp_path: Path, value: str, environ: dict[str, str]) -> object:
         ("${CAP:}", {}, ""),
         ("${URL:http://localhost:9200}", {}, "http://localhost:9200"),
         ("dir/${NAME}-${DAY:mon}.pcap", {"NAME": "eth0"}, "dir/eth0-mon.pcap"),
+        ('"${OUT:events-%{+yyyy.MM.dd}.ndjson}"', {}, "events-%{+yyyy.MM.dd}.ndjson"),
+        ('"${OUT:events-%{+yyyy.MM.dd}.ndjson}"', {"OUT": "x.ndjson"}, "x.ndjson"),
         ("${N}", {"N": "100"}, 100),  # a whole plain reference takes the value's YAML type
         ("${N:100}", {}, 100),
         ("${R}", {"R": "2.5"}, 2.5),
