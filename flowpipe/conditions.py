@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from .event import Event
+from .event import Event, field_getter
 from .options import OptionError, OptionType, _describe
 from .suggest import did_you_mean
 
@@ -55,23 +55,8 @@ _MISSING: Any = object()
 
 
 def _getter(field: str) -> Callable[[Event], Any]:
-    """A reader of dotted ``field`` (split once, here) returning ``_MISSING`` when it is absent."""
-    parts = tuple(field.split("."))
-    if len(parts) == 1:
-        key = parts[0]
-        return lambda event: event.get(key, _MISSING)
-
-    def get(event: Event) -> Any:
-        node: Any = event
-        for part in parts:
-            if not isinstance(node, dict):
-                return _MISSING
-            node = node.get(part, _MISSING)
-            if node is _MISSING:
-                return _MISSING
-        return node
-
-    return get
+    """A reader of dotted ``field`` returning ``_MISSING`` when it is absent."""
+    return field_getter(field, _MISSING)
 
 
 def _fields(

@@ -29,6 +29,7 @@ from flowpipe import (
     hookimpl,
     set_field,
 )
+from flowpipe.event import get_path
 from flowpipe.options import FieldPath
 
 __all__ = ["AddFields", "AddTags", "DropFields", "Rename"]
@@ -184,14 +185,7 @@ Undo = list[tuple[Any, ...]]
 
 
 def _find(event: Event, parts: tuple[str, ...]) -> Any:
-    node: Any = event
-    for part in parts:
-        if not isinstance(node, dict):
-            return _MISSING
-        node = node.get(part, _MISSING)
-        if node is _MISSING:
-            return _MISSING
-    return node
+    return get_path(event, parts, _MISSING)
 
 
 def _rename_field(
