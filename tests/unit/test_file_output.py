@@ -5,6 +5,9 @@ from __future__ import annotations
 import calendar
 import gzip
 import json
+import os
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +309,27 @@ def test_flush_error_is_an_output_error(tmp_path: Path) -> None:
         output.flush()
     assert str(caught.value) == "cannot flush /dev/full: No space left on device"
     output.close()
+
+
+def test_a_path_that_is_no_regular_file_is_never_rotated(tmp_path: Path) -> None:
+    """Writing to /dev/null, a FIFO or a terminal must not rename it (rotation is for files)."""
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    received = bytearray()
+
+    def drain() -> None:
+        with open(fifo, "rb") as reader:
+            while chunk := reader.read(65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    output = make_output(tmp_path, path="events.fifo", rotate_every="100B", flush_interval="0s")
+    output.open()
+    for start in range(0, 40, 4):
+        output.write(make_events(start, 4))
+    output.close()
+    reader.join(10)
+    assert bytes(received) == ndjson(make_events(0, 40))
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["events.fifo"]  # no events.fifo.1
