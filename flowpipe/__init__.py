@@ -50,7 +50,7 @@ from .options import (  # noqa: E402
     Struct,
 )
 from .packet import Packet, PacketBatch  # noqa: E402
-from .stage import Decoder, Input, InputProgress, Output, Processor, Stage, StageContext  # noqa: E402
+from .stage import Checkpoint, Decoder, Input, InputProgress, Output, Processor, Stage, StageContext  # noqa: E402
 from .transactions import Message, Transactions  # noqa: E402
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "AppPacket",
     "Bool",
     "ByteSize",
+    "Checkpoint",
     "Choice",
     "Condition",
     "ConfigError",

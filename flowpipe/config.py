@@ -471,6 +471,65 @@ def _check_decoder_chain(document: Document, decoders: list[StageSpec], errors: 
         previous = f"decoder {spec.type!r}"
 
 
+def _packet_outputs(registry: Registry) -> str:
+    """The outputs (and codecs) that take packets, for error messages."""
+    found = []
+    for name in registry.names("output"):
+        info = registry.get("output", name)
+        if info is None or "packets" not in info.cls.accepts:
+            continue
+        codecs = info.cls.packet_codecs
+        found.append(f"{name} with codec {' or '.join(codecs)}" if codecs else name)
+    return ", ".join(found) or "none installed"
+
+
+def _check_output_items(
+    document: Document,
+    registry: Registry,
+    stage_lists: dict[str, list[StageSpec] | None],
+    decoders: list[StageSpec],
+    errors: list[str],
+) -> None:
+    """With ``decoders: []`` packet inputs send raw packets to the outputs: no processor may be
+    configured then, and every output must take packets; an output that takes packets only (a
+    packet codec) must not be given events."""
+    inputs = stage_lists["inputs"] or []
+    packets = not decoders and any(spec.info.cls.makes(spec.config) == "packets" for spec in inputs)
+    events = bool(decoders) or any(spec.info.cls.makes(spec.config) != "packets" for spec in inputs)
+    if packets and stage_lists["processors"]:
+        errors.append(
+            document.error(
+                ("processors",),
+                "processors take events, but with decoders: [] the packet inputs send raw packets "
+                "to the outputs (remove the processors, or add decoders)",
+            )
+        )
+    for index, spec in enumerate(stage_lists["outputs"] or []):
+        cls = spec.info.cls
+        takes = cls.takes(spec.config)
+        codec = getattr(spec.config, "codec", None)
+        path = ("outputs", index, "codec" if ("outputs", index, "codec") in document.locations else "type")
+        described = f"output {spec.id!r}"
+        if "packets" in cls.accepts and codec is not None:
+            described += f" with codec {codec!r}"
+        if packets and "packets" not in takes:
+            errors.append(
+                document.error(
+                    path,
+                    f"{described} cannot take the raw packets that decoders: [] sends to the outputs; "
+                    f"outputs that can: {_packet_outputs(registry)}",
+                )
+            )
+        elif events and "events" not in takes:
+            errors.append(
+                document.error(
+                    path,
+                    f"{described} takes packets, not events: give the pipeline decoders: [] "
+                    "to send its packet inputs' raw packets to the outputs",
+                )
+            )
+
+
 def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     """Validate a parsed document against the registry; raise ConfigError listing every problem."""
     data = document.data
@@ -521,10 +580,9 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     decoders = stage_lists["decoders"]
     if decoders is None:
         decoders = _default_decoders(registry, document)
-    packet_inputs = [spec for spec in stage_lists["inputs"] or [] if spec.info.cls.produces == "packets"]
-    if packet_inputs and not decoders and not errors:
-        errors.append(document.error(("decoders",), "packet inputs need at least one decoder to make events"))
     _check_decoder_chain(document, decoders, errors)
+    if not errors:
+        _check_output_items(document, registry, stage_lists, decoders, errors)
     if errors:
         raise ConfigError(errors)
     return PipelineSpec(

@@ -5,6 +5,17 @@ Threads and queues::
     input thread(s) --batches--> [packet queue] --> worker thread: decoders -> processors
     worker --event batches--> [one queue per output] --> output thread (write, retry, flush)
 
+With ``decoders: []`` the worker hands the packet batches themselves to the outputs.
+
+Acknowledgements (at least once): an input may yield a :class:`~flowpipe.stage.Checkpoint` after
+batches. It travels as a marker behind those batches through the input queue; the worker, having
+decoded and processed everything before it, puts it behind the resulting events in every output
+queue; an output's thread passes it once everything before it was written (and flushed), or
+counted as rejected, or dropped by ``on_full: drop``; when every output has passed it, the
+input's ``acknowledge(token)`` is called. What the decoders still hold (open flows, pending
+transactions) is not waited for: it becomes events later, at a timeout or the end of input. After
+the shutdown timeout gave up on something, no acknowledgement is made any more.
+
 End of input (or :meth:`Pipeline.request_stop`, on SIGINT/SIGTERM) drains every queue, flushes
 the decoders (what is in flight becomes events), then the outputs, and closes every stage. If the
 drain takes longer than ``pipeline.shutdown_timeout``, what is still queued, being written or
@@ -25,9 +36,9 @@ from .errors import OutputError, StartupError
 from .event import Event
 from .metrics import Counters
 from .packet import PacketBatch
-from .queues import END, BatchQueue
+from .queues import END, BatchQueue, Marker
 from .registry import Registry
-from .stage import Decoder, Input, Output, Processor, Stage, StageContext
+from .stage import Checkpoint, Decoder, Input, Output, Processor, Stage, StageContext
 from .summary import Summary
 
 __all__ = ["Pipeline"]
@@ -216,6 +227,11 @@ class Pipeline:
         counters = stage.context.counters
         try:
             for batch in stage.read():
+                if isinstance(batch, Checkpoint):
+                    mark = _Mark(stage, batch.token, len(self.output_runners))
+                    if not self.input_queue.put_marker(_Acknowledgements({stage: mark})):
+                        break
+                    continue
                 if not batch and getattr(batch, "clock", None) is None:
                     continue
                 counters.add("out", len(batch))
@@ -235,8 +251,14 @@ class Pipeline:
                 batch = self.input_queue.get()
                 if batch is END:
                     break
-                if not isinstance(batch, PacketBatch):
+                if isinstance(batch, _Acknowledgements):  # what came before it is in the output queues
+                    for runner in self.output_runners:
+                        runner.queue.put_marker(_Acknowledgements(dict(batch.marks)))
+                elif not isinstance(batch, PacketBatch):
                     self._process_and_ship(batch)
+                elif not self.decoders:  # decoders: []: the raw packets go to the outputs
+                    if batch.frames:
+                        self._ship(batch)
                 elif batch.frames:
                     self._process_and_ship(self._decode(batch, 0))
                 else:
@@ -310,11 +332,57 @@ class Pipeline:
                 )
                 return
             events = processed
-        if not events:
-            return
-        self.worker_counters.add("out", len(events))
+        if events:
+            self._ship(events)
+
+    def _ship(self, items: list[Event] | PacketBatch) -> None:
+        """Hand a batch of events, or of raw packets, to every output's queue (shared, not copied)."""
+        self.worker_counters.add("out", len(items))
         for runner in self.output_runners:
-            runner.queue.put(events)
+            runner.queue.put(items)
+
+
+class _Mark:
+    """One checkpoint of one input on its way through the outputs."""
+
+    __slots__ = ("input", "lock", "token", "waiting")
+
+    def __init__(self, stage: Input, token: Any, outputs: int) -> None:
+        self.input = stage
+        self.token = token
+        self.waiting = outputs
+        self.lock = threading.Lock()
+
+    def passed(self) -> None:
+        """One output has shipped everything before this checkpoint; the last one acknowledges it."""
+        with self.lock:
+            self.waiting -= 1
+            if self.waiting:
+                return
+        try:
+            self.input.acknowledge(self.token)
+        except Exception:
+            context = self.input.context
+            context.errors.error(
+                "acknowledge", "input %r failed to take an acknowledgement", context.id, exc_info=True
+            )
+
+
+class _Acknowledgements(Marker):
+    """The marker of a queue: the latest checkpoint of each input that it stands for."""
+
+    __slots__ = ("marks",)
+
+    def __init__(self, marks: dict[Input, _Mark]) -> None:
+        self.marks = marks
+
+    def merge(self, later: Marker) -> None:
+        assert isinstance(later, _Acknowledgements)
+        self.marks.update(later.marks)  # a later checkpoint covers the earlier ones of its input
+
+    def passed(self) -> None:
+        for mark in self.marks.values():
+            mark.passed()
 
 
 class _OutputRunner:
@@ -324,6 +392,9 @@ class _OutputRunner:
     ``dropped.output_error`` or ``dropped.undelivered``. :meth:`abandon` (shutdown timeout) settles
     the batch being written as undelivered from another thread; the lock makes sure a write that
     returns afterwards is not counted a second time.
+
+    A marker (acknowledgements) is passed once what came before it is settled and the output was
+    flushed after it; while flushing fails, markers wait for the next flush that succeeds.
     """
 
     def __init__(self, output: Output, queue: BatchQueue) -> None:
@@ -333,6 +404,8 @@ class _OutputRunner:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._abandoned = False
+        self._waiting: list[_Acknowledgements] = []
+        """Markers behind writes not yet delivered and flushed."""
 
     def abandon(self) -> None:
         """Stop counting outcomes: the batch still being written or retried is undelivered."""
@@ -376,16 +449,25 @@ class _OutputRunner:
             batch = self.queue.get(timeout=0.0 if dirty else 0.5)
             if batch is None:
                 if dirty:
-                    dirty = not self._flush()
+                    dirty = not self._flush(abort)
                 continue
             if batch is END:
                 break
+            if isinstance(batch, _Acknowledgements):
+                self._waiting.append(batch)
+                if dirty:
+                    dirty = not self._flush(abort)
+                else:
+                    self._pass(abort)
+                continue
             if limit and len(batch) < limit:
                 batch, ended = self._gather(list(batch), limit, wait)
             self._deliver(batch, abort)
             dirty = True
+            if self._waiting:  # markers gathered among the joined batches
+                dirty = not self._flush(abort)
         if dirty and not abort.is_set():
-            self._flush()
+            self._flush(abort)
 
     def _gather(self, events: list[Event], limit: int, wait: float) -> tuple[list[Event], bool]:
         """Join queued batches to ``events`` (up to ``limit`` events or ``wait`` s); whether END came."""
@@ -396,19 +478,33 @@ class _OutputRunner:
                 return events, False
             if more is END:
                 return events, True
+            if isinstance(more, _Acknowledgements):  # passed once the joined write is delivered
+                self._waiting.append(more)
+                continue
             events.extend(more)
         return events, False
 
-    def _flush(self) -> bool:
+    def _flush(self, abort: threading.Event) -> bool:
+        """Flush the output; on success pass the markers that waited for it."""
         try:
             self.output.flush()
-            return True
         except Exception as error:
             self.counters.add("flush_errors")
             self.output.context.errors.error(
                 "flush", "output %r failed to flush: %s", self.output.context.id, error
             )
             return False
+        self._pass(abort)
+        return True
+
+    def _pass(self, abort: threading.Event) -> None:
+        """The markers waiting are behind shipped items: pass them (not after a shutdown timeout,
+        which may have given up on something before them)."""
+        waiting, self._waiting = self._waiting, []
+        if abort.is_set():
+            return
+        for marker in waiting:
+            marker.passed()
 
     def _deliver(self, events: list[Event], abort: threading.Event) -> None:
         if not self._begin(len(events)):

@@ -5,6 +5,12 @@ than ``max_bytes`` is still accepted into an empty queue, so nothing can wedge).
 ``block`` queue makes the producer wait (backpressure); a ``drop`` queue refuses the batch and
 counts its items as ``dropped.queue_full``. The end of the stream is a :data:`END` marker.
 
+A :class:`Marker` is an item without events that keeps its place among the batches (the
+pipeline's acknowledgements of what inputs read). It takes a place in ``max_batches`` like a
+batch, and a full ``block`` queue holds back its producer as for a batch; a full ``drop`` queue
+never refuses one, so dropping events never loses the place of an acknowledgement (see
+:meth:`BatchQueue.put_marker`).
+
 Counters: ``in`` counts every item offered, ``out`` every item taken, and each item refused or
 abandoned is dropped by reason (``queue_full``; ``undelivered`` when :meth:`BatchQueue.close`
 discards it or it is offered to a closed queue), so ``in == out + dropped + items held`` at any
@@ -22,7 +28,7 @@ import orjson
 from .metrics import Counters
 from .packet import PacketBatch
 
-__all__ = ["END", "BatchQueue", "batch_size_bytes"]
+__all__ = ["END", "BatchQueue", "Marker", "batch_size_bytes"]
 
 
 class _End:
@@ -32,6 +38,16 @@ class _End:
 
 END: Any = _End()
 """Put by a producer after its last batch; ``get`` returns it once all producers have ended."""
+
+
+class Marker:
+    """An item without events that keeps its place among a queue's batches."""
+
+    __slots__ = ()
+
+    def merge(self, later: Marker) -> None:
+        """Take over ``later``, which a full ``drop`` queue puts right behind this marker."""
+        raise NotImplementedError
 
 
 def batch_size_bytes(batch: Any) -> int:
@@ -95,6 +111,29 @@ class BatchQueue:
                 return False
             self._items.append((batch, size, items))
             self._bytes += size
+            self._update_gauges()
+            self._not_empty.notify()
+        return True
+
+    def put_marker(self, marker: Marker) -> bool:
+        """Add a marker; return False when the queue is closed.
+
+        A full ``block`` queue makes the producer wait as for a batch. A full ``drop`` queue takes
+        it anyway: merged into the last item when that is a marker (:meth:`Marker.merge`), else
+        added past the bound; so a ``drop`` queue holds at most one item more than its bound.
+        """
+        with self._lock:
+            if self._full() and self.on_full == "drop":
+                last = self._items[-1][0]
+                if isinstance(last, Marker):
+                    last.merge(marker)
+                    return True
+            else:
+                while self._full() and not self._closed:
+                    self._not_full.wait()
+            if self._closed:
+                return False
+            self._items.append((marker, 0, 0))
             self._update_gauges()
             self._not_empty.notify()
         return True

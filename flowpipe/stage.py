@@ -26,6 +26,7 @@ from .options import Choice, Duration, Option, OptionError, Struct
 from .packet import PacketBatch
 
 __all__ = [
+    "Checkpoint",
     "Decoder",
     "Input",
     "InputProgress",
@@ -127,6 +128,18 @@ class InputProgress:
     total_bytes: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Yielded by :meth:`Input.read` after some batches, to learn when they were shipped.
+
+    ``token`` stands for everything the input yielded before it (a source's read positions).
+    The pipeline calls :meth:`Input.acknowledge` with it once every output has shipped, or
+    counted as dropped or rejected, every event the worker made of those batches.
+    """
+
+    token: Any
+
+
 class Input(Stage):
     """Produces batches of packets (:class:`~flowpipe.packet.PacketBatch`) or of events.
 
@@ -137,6 +150,9 @@ class Input(Stage):
     still expire. A problem that ends one source but not the run (a truncated file) is
     reported with ``self.context.fail``; one that prevents starting raises ``StartupError`` from
     :meth:`open`.
+
+    An input that must not lose what it read (a queue it commits to, as Kafka) yields a
+    :class:`Checkpoint` after batches and commits in :meth:`acknowledge`: at least once.
     """
 
     kind = "input"
@@ -147,9 +163,24 @@ class Input(Stage):
         super().__init__(config, context)
         self.stopping = threading.Event()
 
-    def read(self) -> Iterator[PacketBatch | list[Event]]:
-        """Yield batches until the source is exhausted or :attr:`stopping` is set."""
+    @classmethod
+    def makes(cls, config: SimpleNamespace) -> str:
+        """What an input with these options produces: :attr:`produces`, unless an option decides
+        (the ``kafka`` input's ``codec``)."""
+        return cls.produces
+
+    def read(self) -> Iterator[PacketBatch | list[Event] | Checkpoint]:
+        """Yield batches (and checkpoints) until the source is exhausted or :attr:`stopping` is set."""
         raise NotImplementedError
+
+    def acknowledge(self, token: Any) -> None:
+        """Everything yielded before the :class:`Checkpoint` holding ``token`` was shipped.
+
+        Called from the outputs' threads, perhaps two at once and not in order, and not for
+        every checkpoint: an acknowledgement covers every earlier checkpoint of this input.
+        Keep it short and thread-safe (record the token; commit from :meth:`read`'s thread).
+        Never called for what followed a batch the pipeline gave up on at its shutdown timeout.
+        """
 
     def stop(self) -> None:
         """Ask :meth:`read` to end soon (called from another thread, e.g. on SIGINT)."""
@@ -248,15 +279,24 @@ class Processor(Stage):
 
 
 class Output(Stage):
-    """Ships events. Runs in its own thread, fed through its own bounded queue.
+    """Ships events (or raw packets). Runs in its own thread, fed through its own bounded queue.
 
     :meth:`write` delivers one batch or raises :class:`~flowpipe.errors.OutputError`. The pipeline
     retries retryable errors with exponential backoff (``backoff.init`` to ``backoff.max``) and
     never drops events silently: a batch still undelivered at shutdown is counted as
     ``dropped.undelivered``. Events are shared between outputs: never modify them.
+
+    A pipeline with ``decoders: []`` sends its packet inputs' :class:`~flowpipe.packet.PacketBatch`
+    objects to the outputs instead of events (shared too, counted in packets); the configuration
+    check lets only an output whose :meth:`takes` includes ``packets`` be part of it.
     """
 
     kind = "output"
+    accepts: ClassVar[tuple[str, ...]] = ("events",)
+    """What :meth:`write` can take: ``events`` (lists of events) and/or ``packets`` (PacketBatch)."""
+    packet_codecs: ClassVar[tuple[str, ...]] = ()
+    """Values of the ``codec`` option that write packets: with one of them the output takes
+    packets only, with any other codec events only."""
     common_options = (
         Option(
             "on_full",
@@ -274,12 +314,23 @@ class Output(Stage):
         ),
     )
 
-    def write(self, events: list[Event]) -> int | None:
+    @classmethod
+    def takes(cls, config: SimpleNamespace) -> tuple[str, ...]:
+        """What this output takes with these options: :attr:`accepts`, narrowed by a packet codec."""
+        if not cls.packet_codecs:
+            return cls.accepts
+        if getattr(config, "codec", None) in cls.packet_codecs:
+            return ("packets",)
+        return tuple(kind for kind in cls.accepts if kind != "packets")
+
+    def write(self, events: list[Event] | PacketBatch) -> int | None:
         """Deliver ``events``; raise OutputError when they were not (all) delivered.
 
         Return None, or how many of ``events`` were refused for good (sent to a dead-letter
         file, say): they count as ``dropped.rejected``, the others as delivered. A partial
-        failure worth retrying raises ``OutputError(remaining=[...], rejected=N)``.
+        failure worth retrying raises ``OutputError(remaining=[...], rejected=N)``. An output
+        that takes packets gets a PacketBatch instead of a list (its ``remaining`` is a
+        PacketBatch too).
         """
         raise NotImplementedError
 
@@ -290,4 +341,5 @@ class Output(Stage):
         return (0, 0.0)
 
     def flush(self) -> None:
-        """Push out anything buffered (called when the queue runs empty and at shutdown)."""
+        """Push out anything buffered (called when the queue runs empty, before an input's checkpoint
+        behind what was written is passed on, and at shutdown)."""

@@ -24,19 +24,36 @@ from __future__ import annotations
 
 import logging
 import signal
+import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 from sniff import free_port, wait_for_port
 
-__all__ = ["Collector", "KafkaBroker", "Received", "kafka_broker_fixture"]
+__all__ = [
+    "Collector",
+    "KafkaBroker",
+    "Received",
+    "committed_offsets",
+    "kafka_broker_fixture",
+    "produce",
+    "pycapa_messages",
+]
 
 LOG = logging.getLogger("kafka_broker")
 START_TIMEOUT = 10.0
@@ -229,3 +246,50 @@ class Collector:
             self._stopping.set()
             self._thread.join(5.0)
             self._consumer.close()
+
+
+def produce(
+    broker: KafkaBroker,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    partition: Callable[[int, bytes | None], int] | None = None,
+    timestamp_ms: int = 0,
+) -> int:
+    """Send ``(key, value)`` messages to ``topic`` and wait until all were delivered; return how many.
+
+    ``partition(index, value)`` chooses each message's partition (default: librdkafka's, by key);
+    ``timestamp_ms`` sets the messages' Kafka timestamps (0: the producer's clock)."""
+    errors: list[str] = []
+
+    def report(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            errors.append(error.str())
+
+    producer = Producer({"bootstrap.servers": broker.address, "linger.ms": 5}, logger=LOG)
+    count = 0
+    for index, (key, value) in enumerate(messages):
+        where = {} if partition is None else {"partition": partition(index, value)}
+        producer.produce(topic, value, key, on_delivery=report, timestamp=timestamp_ms, **where)
+        producer.poll(0)
+        count += 1
+    left = producer.flush(10)
+    assert not left and not errors, f"{left} messages not delivered; errors: {errors[:3]}"
+    return count
+
+
+def pycapa_messages(packets: Iterable[tuple[float, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """Packets as Apache Metron's pycapa producer sends them: key = capture time in microseconds
+    since the epoch (8 bytes, big-endian), value = the frame."""
+    for timestamp, frame in packets:
+        yield struct.pack(">Q", round(timestamp * 1_000_000)), frame
+
+
+def committed_offsets(broker: KafkaBroker, group: str, topic: str) -> dict[int, int]:
+    """The offsets ``group`` committed for each partition of ``topic`` (-1001: none)."""
+    partitions = [TopicPartition(topic, number) for number in range(broker.topics()[topic])]
+    consumer = Consumer({"bootstrap.servers": broker.address, "group.id": group}, logger=LOG)
+    try:
+        found = consumer.committed(partitions, timeout=10)
+    finally:
+        consumer.close()
+    return {entry.partition: entry.offset for entry in found}

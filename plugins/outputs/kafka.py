@@ -18,6 +18,14 @@ After a write with failures the producer is replaced by a new one: a producer wh
 its state (a restarted broker without persistent storage) is otherwise left with an idempotent
 producer id the broker no longer knows, and every later message times out.
 
+``codec: pycapa`` sends the raw packets of a pipeline with ``decoders: []`` as Apache Metron's pycapa
+sensor does: one message per packet, key = capture time in microseconds since the epoch (8 bytes,
+big-endian), value = the captured frame as it is (its link type is not carried: consumers must be
+told, Ethernet being pycapa's). The partition is chosen from the symmetric flow hash
+(:mod:`flowpipe.plugins.decoders.flowhash`) modulo the topic's partition count, read from the
+cluster once per producer: both directions of every flow land in one partition, so a consumer
+group of decoding pipelines can share the partitions with every flow whole in one member.
+
 An unreachable broker at start is not an error: librdkafka connects in the background and the
 first writes are retried. At shutdown, messages still in the producer (a write the pipeline gave
 up on at its ``shutdown_timeout``) get ``flush_timeout`` to be delivered, and what is left is
@@ -27,6 +35,7 @@ reported; the pipeline counts them as ``dropped.undelivered``.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -36,28 +45,43 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from flowpipe import (
-    AnyValue,
     Bool,
     Choice,
     Duration,
     Event,
     Int,
-    ListOf,
-    MapOf,
     Option,
     OptionError,
     Output,
     OutputError,
+    PacketBatch,
     StartupError,
-    Str,
     hookimpl,
 )
 from flowpipe.codecs import CODECS
 from flowpipe.options import OptionType
+from flowpipe.plugins.decoders.flowhash import flow_hash
 from flowpipe.sprintf import MissingFieldError, Sprintf, Template
 
-VALUE_CODECS: dict[str, Callable[[Any], bytes]] = {"json": CODECS["json"]}
-"""How an item becomes a message value, by ``codec`` name (``json``: the event as one JSON line)."""
+from ..kafka_settings import HOSTS, LibrdkafkaLog, client_id_option, connection_settings, security_options
+
+VALUE_CODECS: dict[str, Callable[[Any], bytes]] = {"json": CODECS["json"], "pycapa": bytes}
+"""How an item becomes a message value, by ``codec`` name (``json``: the event as one JSON line;
+``pycapa``: the packet's frame as it is, as Metron's pycapa producer sends ``pkt_raw``)."""
+PACKET_CODECS = ("pycapa",)
+_U64 = struct.Struct(">Q").pack
+
+
+def pycapa_key(timestamp: float) -> bytes:
+    """pycapa's message key for a packet captured at ``timestamp`` (seconds since the epoch).
+
+    As Apache Metron's pycapa producer makes it (metron-sensors/pycapa/pycapa: producer.py
+    ``timestamp()`` gives ``epoch_secs * 1000000 + delta_micros`` from the libpcap header and
+    common.py ``pack_ts`` packs it with ``struct.pack(">Q", ts)``): the capture time in
+    microseconds since the epoch, 8 bytes big-endian. Raises struct.error for a time before 1970.
+    """
+    return _U64(round(timestamp * 1_000_000))
+
 
 PERMANENT_ERRORS = frozenset(
     {
@@ -81,6 +105,8 @@ _GRACE = 5.0
 """How long past ``delivery_timeout`` a write waits for librdkafka's reports before purging."""
 _CLOSE_WAIT = 2.0
 """How long close() waits for a write in progress (another thread) to notice and return."""
+_METADATA_SLICE = 1.0
+"""Longest single wait for a topic's metadata (partition count), so that a closing output is noticed."""
 
 
 class Acks(OptionType):
@@ -131,26 +157,14 @@ class _Outcome:
         return self.state.count(outcome)
 
 
-class _LibrdkafkaLog:
-    """librdkafka's own log lines go to debug level: its errors reach ``error_cb``, rate-limited."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self.logger = logger
-
-    def log(self, _level: int, message: str, *args: Any) -> None:
-        self.logger.debug(message, *args)
-
-
 class KafkaOutput(Output):
-    """Send events to Kafka (librdkafka): topic and key from the event, at-least-once delivery."""
+    """Send events (or packets, pycapa's format) to Kafka (librdkafka), at-least-once delivery."""
+
+    accepts = ("events", "packets")
+    packet_codecs = PACKET_CODECS
 
     options = (
-        Option(
-            "hosts",
-            ListOf(Str(nonempty=True), min_items=1),
-            required=True,
-            description="bootstrap brokers, host:port",
-        ),
+        HOSTS,
         Option(
             "topic",
             Sprintf(),
@@ -163,7 +177,12 @@ class KafkaOutput(Output):
             None,
             "message key, a format string such as %{[network.community_id]} (no key when a field is missing)",
         ),
-        Option("codec", Choice(*VALUE_CODECS), "json", "how each event becomes a message value"),
+        Option(
+            "codec",
+            Choice(*VALUE_CODECS),
+            "json",
+            "how each event becomes a message value; pycapa: raw packets (decoders: []) as pycapa sends them",
+        ),
         Option("acks", Acks(), "all", "acknowledgements the leader waits for: all (-1), 1 or 0 (none)"),
         Option(
             "idempotence",
@@ -195,33 +214,24 @@ class KafkaOutput(Output):
             "5s",
             "at shutdown, how long messages still in the producer may take to be delivered",
         ),
-        Option("client_id", Str(nonempty=True), "flowpipe", "client.id for the brokers' logs and quotas"),
-        Option(
-            "security_protocol",
-            Choice("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
-            None,
-            "security.protocol (default: from which of sasl and ssl are set)",
-        ),
-        Option(
-            "sasl",
-            MapOf(AnyValue()),
-            {},
-            "librdkafka sasl.* settings without the prefix (mechanism, username, password...)",
-        ),
-        Option(
-            "ssl",
-            MapOf(AnyValue()),
-            {},
-            "librdkafka ssl.* settings without the prefix (ca.location...; paths from the pipeline folder)",
-        ),
-        Option("settings", MapOf(AnyValue()), {}, "other librdkafka producer settings, applied last"),
+        client_id_option(),
+        *security_options("producer"),
     )
 
     @classmethod
     def check_config(cls, config: Any) -> list[OptionError]:
-        if not config.idempotence:
-            return []
         problems = []
+        if config.codec in PACKET_CODECS:
+            if not config.topic.is_static:
+                problems.append(
+                    OptionError("codec pycapa needs a plain topic name: packets have no fields", ("topic",))
+                )
+            if config.key is not None:
+                problems.append(
+                    OptionError("codec pycapa keys each message by its capture time: remove key", ("key",))
+                )
+        if not config.idempotence:
+            return problems
         if config.acks != "all":
             problems.append(
                 OptionError("idempotence needs acks: all (set idempotence: false for acks 0 or 1)", ("acks",))
@@ -238,7 +248,7 @@ class KafkaOutput(Output):
         self._fatal: KafkaError | None = None
         self._interrupted: _Outcome | None = None
         self._encode = VALUE_CODECS[self.config.codec]
-        self._librdkafka_log = _LibrdkafkaLog(logging.getLogger(f"{self.context.log.name}.librdkafka"))
+        self._librdkafka_log = LibrdkafkaLog(logging.getLogger(f"{self.context.log.name}.librdkafka"))
         self._producer_settings = self.producer_settings()
         try:
             self._producer: Producer | None = self._new_producer()
@@ -249,29 +259,24 @@ class KafkaOutput(Output):
         """The librdkafka configuration built from the options (without the callbacks)."""
         config = self.config
         timeout_ms = max(1, int(config.delivery_timeout * 1000))
-        settings: dict[str, Any] = {
-            "bootstrap.servers": ",".join(config.hosts),
-            "client.id": config.client_id,
-            "acks": config.acks,
-            "enable.idempotence": config.idempotence,
-            "compression.type": config.compression,
-            "max.in.flight.requests.per.connection": config.max_in_flight,
-            "message.timeout.ms": timeout_ms,
-            "request.timeout.ms": min(timeout_ms, 30_000),
-        }
-        settings["security.protocol"] = config.security_protocol or (
-            ("sasl_" if config.sasl else "") + ("ssl" if config.ssl else "plaintext")
+        settings = connection_settings(config, self.context)
+        settings.update(
+            {
+                "acks": config.acks,
+                "enable.idempotence": config.idempotence,
+                "compression.type": config.compression,
+                "max.in.flight.requests.per.connection": config.max_in_flight,
+                "message.timeout.ms": timeout_ms,
+                "request.timeout.ms": min(timeout_ms, 30_000),
+            }
         )
-        settings.update((f"sasl.{name}", value) for name, value in config.sasl.items())
-        for name, value in config.ssl.items():
-            if name.endswith("location") and isinstance(value, str) and value != "probe":
-                value = str(self.context.resolve_path(value))
-            settings[f"ssl.{name}"] = value
         settings.update(config.settings)
         return settings
 
     def _new_producer(self) -> Producer:
         self._fatal = None
+        self._partitions: dict[str, int] = {}
+        """Partition count of each topic packets were sent to, as this producer learnt it."""
         return Producer(self._producer_settings, error_cb=self._on_error, logger=self._librdkafka_log)
 
     def _on_error(self, error: KafkaError) -> None:
@@ -284,7 +289,7 @@ class KafkaOutput(Output):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, events: list[Event]) -> int | None:
+    def write(self, events: list[Event] | PacketBatch) -> int | None:
         with self._writing:
             if self._closing.is_set():
                 raise OutputError("the output is closing")
@@ -293,31 +298,33 @@ class KafkaOutput(Output):
                 self.context.counters.add("producer_restarts")
             producer = self._producer
             outcome = _Outcome(len(events))
-            self._produce_all(producer, events, outcome)
+            packets = isinstance(events, PacketBatch)
+            if packets:
+                self._produce_packets(producer, events, outcome)
+            else:
+                self._produce_all(producer, events, outcome)
             self._await(producer, outcome)
             if self._closing.is_set():  # the pipeline gave up on this write; close() reports on it
                 self._interrupted = outcome
                 raise OutputError("shutdown while waiting for delivery reports")
-            retry = [
-                event
-                for event, state in zip(events, outcome.state, strict=True)
-                if state in (_RETRY, _PENDING)
-            ]
+            retry = [index for index, state in enumerate(outcome.state) if state in (_RETRY, _PENDING)]
             rejected = outcome.count(_REJECTED)
+            items = "packets" if packets else "events"
             if rejected:
                 self.context.errors.error(
                     "rejected",
-                    "kafka output %r: %d events refused for good: %s",
+                    "kafka output %r: %d %s refused for good: %s",
                     self.context.id,
                     rejected,
+                    items,
                     "; ".join(f"{reason} ({count})" for reason, count in outcome.reasons.items()),
                 )
             if not retry:
                 return rejected
             self._retire(producer)
             raise OutputError(
-                f"{len(retry)} of {len(events)} events not delivered: {outcome.retry_reason}",
-                remaining=retry,
+                f"{len(retry)} of {len(events)} {items} not delivered: {outcome.retry_reason}",
+                remaining=_subset(events, retry),
                 rejected=rejected,
             )
 
@@ -349,19 +356,59 @@ class KafkaOutput(Output):
         if unkeyed:
             self.context.counters.add("unkeyed", unkeyed)
 
+    def _produce_packets(self, producer: Producer, batch: PacketBatch, outcome: _Outcome) -> None:
+        """pycapa: key = capture time in microseconds, value = the frame, partition from the flow hash."""
+        topic = self.config.topic.text
+        partitions = self._partition_count(producer, topic)
+        link_type = batch.link_type
+        encode = self._encode
+        report = outcome.report
+        for index, (timestamp, frame) in enumerate(zip(batch.timestamps, batch.frames, strict=False)):
+            try:
+                key = pycapa_key(timestamp)
+            except struct.error:
+                outcome.settle(index, _REJECTED, "capture time out of pycapa's range")
+                continue
+            partition = flow_hash(frame, link_type) % partitions
+            self._produce(
+                producer, outcome, index, topic, key, encode(frame), partial(report, index), partition
+            )
+
+    def _partition_count(self, producer: Producer, topic: str) -> int:
+        """The number of partitions of ``topic``, asked of the cluster once per producer."""
+        count = self._partitions.get(topic)
+        if count:
+            return count
+        deadline = time.monotonic() + self.config.delivery_timeout
+        problem = "no answer"
+        while not self._closing.is_set() and time.monotonic() < deadline:
+            try:
+                metadata = producer.list_topics(topic, timeout=_METADATA_SLICE).topics.get(topic)
+            except KafkaException as error:
+                problem = error.args[0].str()
+                continue
+            if metadata is not None and metadata.error is None and metadata.partitions:
+                self._partitions[topic] = count = len(metadata.partitions)
+                return count
+            problem = metadata.error.str() if metadata is not None and metadata.error else "no partitions"
+            time.sleep(_WAIT_SLICE)
+        raise OutputError(f"cannot learn the partitions of topic {topic!r}: {problem}")
+
     def _produce(
         self,
         producer: Producer,
         outcome: _Outcome,
         index: int,
         topic: str,
-        key: str | None,
+        key: str | bytes | None,
         value: bytes,
         on_delivery: Callable[[KafkaError | None, Message], None],
+        partition: int = -1,
     ) -> None:
+        """Queue one message (``partition`` -1: librdkafka's partitioner chooses from the key)."""
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=on_delivery)
+                producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
                 return
             except BufferError:  # librdkafka's local queue is full: serve reports to make room
                 if self._closing.is_set() or self._fatal is not None:
@@ -420,6 +467,16 @@ class KafkaOutput(Output):
                 producer.flush(_WAIT_SLICE)
         finally:
             self._writing.release()
+
+
+def _subset(items: list[Event] | PacketBatch, indices: list[int]) -> list[Event] | PacketBatch:
+    """The items of ``items`` at ``indices`` (a PacketBatch for a PacketBatch)."""
+    if not isinstance(items, PacketBatch):
+        return [items[index] for index in indices]
+    subset = PacketBatch(items.link_type, items.source)
+    for index in indices:
+        subset.append(items.timestamps[index], items.frames[index], items.wire_lengths[index])
+    return subset
 
 
 @hookimpl

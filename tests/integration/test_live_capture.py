@@ -11,129 +11,31 @@ network namespaces (or a program they run is missing).
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from netns import Side, VethPair, require_programs, veth_pair
+from live import (
+    UDP_SENDER,
+    LiveRun,
+    assert_events_of_capture,
+    check,
+    epoch,
+    http_and_udp_traffic,
+    icmp_rows,
+)
+from netns import VethPair, require_programs, veth_pair
 from summary_lines import parse_summary
 
-HTTP_PORT = 8080
 METRICS_PORT = 9464
-READY = "capturing on device"
 
 
 @pytest.fixture
 def pair() -> Iterator[VethPair]:
     with veth_pair() as created:
         yield created
-
-
-class LiveRun:
-    """``flowpipe run`` in the client namespace, started, waited for and stopped by a test."""
-
-    def __init__(
-        self,
-        tmp_path: Path,
-        side: Side,
-        input_options: dict[str, Any],
-        prefix: Sequence[str] = (),
-        **sections: Any,
-    ) -> None:
-        self.output = tmp_path / "events.ndjson"
-        self.stderr_path = tmp_path / "stderr.txt"
-        config = tmp_path / "pipeline.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "inputs": [{"type": "pcap", **input_options}],
-                    "decoders": [{"type": "ip"}],
-                    "outputs": [{"type": "file", "path": str(self.output)}],
-                    **sections,
-                }
-            )
-        )
-        with self.stderr_path.open("w") as stderr:
-            self.process = subprocess.Popen(
-                side.command(*prefix, sys.executable, "-m", "flowpipe", "run", "-c", str(config)),
-                cwd=tmp_path,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def events(self) -> list[dict[str, Any]]:
-        """The per-packet events written so far."""
-        if not self.output.exists():
-            return []
-        return packet_events(self.output)
-
-    def wait_until_capturing(self) -> None:
-        self.wait_for(lambda: READY in self.stderr, "flowpipe to start capturing")
-
-    def wait_for_events(self, count: int) -> None:
-        self.wait_for(lambda: len(self.events()) >= count, f"{count} events")
-
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-        """Wait until ``condition()`` holds; fail the test if flowpipe exits or time runs out first."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"flowpipe exited with {self.process.returncode} waiting for {what}:\n{self.stderr}"
-                )
-            if time.monotonic() > deadline:
-                self.process.kill()
-                pytest.fail(f"timed out waiting for {what}:\n{self.stderr}")
-            time.sleep(0.02)
-
-    def stop(self) -> int:
-        """SIGINT, then wait for the drain; return the exit status."""
-        self.process.send_signal(signal.SIGINT)
-        return self.wait()
-
-    def wait(self) -> int:
-        try:
-            return self.process.wait(timeout=20)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-
-
-def packet_events(path: Path) -> list[dict[str, Any]]:
-    """The per-packet events of an NDJSON file of events (its complete lines: it may be being written)."""
-    events = [json.loads(line) for line in path.read_text().split("\n")[:-1]]
-    return [event for event in events if event["event"]["dataset"] == "packet"]
-
-
-def icmp_rows(events: list[dict[str, Any]]) -> list[tuple[str, str, int, int, int]]:
-    return [
-        (
-            event["source"]["ip"],
-            event["destination"]["ip"],
-            event["icmp"]["type"],
-            event["icmp"]["code"],
-            event["network"]["bytes"],
-        )
-        for event in events
-    ]
-
-
-def epoch(event: dict[str, Any]) -> float:
-    """An event's ``@timestamp`` (ISO 8601, UTC, milliseconds) as seconds since the epoch."""
-    return datetime.fromisoformat(event["@timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 @pytest.mark.slow
@@ -193,127 +95,11 @@ def test_ping_is_captured_as_three_echo_requests_and_three_replies(tmp_path: Pat
     assert f"{kernel_received}{6 + not_ip}" in metrics
 
 
-def events_of_file(tmp_path: Path, capture: Path) -> list[dict[str, Any]]:
-    """What ``flowpipe run`` makes of a capture file, with the same decoder and output."""
-    output = tmp_path / "from-file.ndjson"
-    config = tmp_path / "from-file.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "inputs": [{"type": "pcap", "files": [str(capture)]}],
-                "decoders": [{"type": "ip"}],
-                "outputs": [{"type": "file", "path": str(output)}],
-            }
-        )
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "flowpipe", "run", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return packet_events(output)
-
-
-UDP_SENDER = textwrap.dedent(
-    """
-    import socket, sys
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((sys.argv[1], 40000))
-    for size in (10, 20, 30):
-        sock.sendto(b"u" * size, (sys.argv[2], 5353))
-    """
-)
-
-
 @pytest.mark.slow
 def test_http_and_udp_traffic_gives_the_events_of_tcpdumps_capture(tmp_path: Path, pair: VethPair) -> None:
     """The live events equal those flowpipe makes of tcpdump's capture of the same traffic."""
-    require_programs("curl", "tcpdump")
-    client, server = pair.client, pair.server
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "hello.txt").write_bytes(b"hello, live capture\n" * 500)
-    web = subprocess.Popen(
-        server.command(
-            sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", server.address, "-d", str(site)
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    reference = tmp_path / "tcpdump.pcap"
-    tcpdump_log = tmp_path / "tcpdump.txt"
-    with tcpdump_log.open("w") as log:
-        tcpdump = subprocess.Popen(
-            client.command(
-                "tcpdump", "-i", client.device, "-Z", "root", "--immediate-mode", "-U", "-w", str(reference)
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    try:
-        run = LiveRun(tmp_path, client, {"device": client.device})
-        run.wait_until_capturing()
-        run.wait_for(lambda: "listening on" in tcpdump_log.read_text(), "tcpdump to start")
-        run.wait_for(lambda: server.address in _listening(server), "the web server to listen")
-        fetched = client.run("curl", "-sf", "--retry", "3", f"http://{server.address}:{HTTP_PORT}/hello.txt")
-        assert fetched.stdout == "hello, live capture\n" * 500
-        client.run(sys.executable, "-c", UDP_SENDER, client.address, server.address)
-        run.wait_for(
-            lambda: sum(event["network"]["transport"] == "udp" for event in run.events()) == 3,
-            "the UDP events",
-        )
-        time.sleep(0.3)  # the ICMP port-unreachable answers to the datagrams
-        assert run.stop() == 0, run.stderr
-    finally:
-        tcpdump.send_signal(signal.SIGINT)
-        tcpdump.wait(timeout=10)
-        web.terminate()
-        web.wait(timeout=10)
-
-    events = run.events()
-    reference_events = events_of_file(tmp_path, reference)
-    assert [timeless(event) for event in events] == [timeless(event) for event in reference_events]
-    # Each capture socket stamps a packet with its own clock reading: microseconds apart.
-    assert all(
-        abs(epoch(live) - epoch(dumped)) < 0.005
-        for live, dumped in zip(events, reference_events, strict=True)
-    )
-
-    tcp = [event for event in events if event["network"]["transport"] == "tcp"]
-    client_port = tcp[0]["source"]["port"]
-    assert tcp[0]["destination"] == {"ip": server.address, "port": HTTP_PORT}  # the SYN
-    endpoints = {
-        (
-            (event["source"]["ip"], event["source"]["port"]),
-            (event["destination"]["ip"], event["destination"]["port"]),
-        )
-        for event in tcp
-    }
-    assert endpoints == {
-        ((client.address, client_port), (server.address, HTTP_PORT)),
-        ((server.address, HTTP_PORT), (client.address, client_port)),
-    }
-    assert len(tcp) >= 10  # handshake, request, response segments, FINs, ACKs
-    assert sum(event["network"]["bytes"] for event in tcp) > 10_000  # the 10,000-byte file went by
-    udp = [
-        (event["source"], event["destination"], event["network"]["bytes"])
-        for event in events
-        if event["network"]["transport"] == "udp"
-    ]
-    assert udp == [
-        ({"ip": client.address, "port": 40000}, {"ip": server.address, "port": 5353}, 14 + 20 + 8 + size)
-        for size in (10, 20, 30)
-    ]
-
-
-def timeless(event: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in event.items() if key != "@timestamp"}
-
-
-def _listening(side: Side) -> str:
-    return subprocess.run(side.command("ss", "-ltn"), capture_output=True, text=True, timeout=10).stdout
+    run, reference = http_and_udp_traffic(tmp_path, pair, "pcap", {"device": pair.client.device})
+    assert_events_of_capture(tmp_path, pair, run, reference)
 
 
 @pytest.mark.slow
@@ -396,17 +182,6 @@ def test_a_device_deleted_while_capturing_ends_the_run_with_status_1(tmp_path: P
 
 
 # -- configuration: flowpipe check ---------------------------------------------------------------
-
-
-def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "pipeline.yml").write_text(textwrap.dedent(text))
-    return subprocess.run(
-        [sys.executable, "-m", "flowpipe", "check", "-c", "pipeline.yml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize(

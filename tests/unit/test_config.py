@@ -378,10 +378,11 @@ def test_sections_must_be_mappings(tmp_path: Path, registry: Registry) -> None:
     ]
 
 
-def test_decoder_chain_must_start_with_packets(tmp_path: Path, registry: Registry) -> None:
+def test_no_decoders_send_packets_which_stdout_cannot_take(tmp_path: Path, registry: Registry) -> None:
     path = write(tmp_path, MINIMAL + "decoders: []\n")
     assert config_errors(load_pipeline, path, registry, environ={}) == [
-        f"{path}:6:1: decoders: packet inputs need at least one decoder to make events"
+        f"{path}:5:5: outputs.0.type: output 'stdout' cannot take the raw packets that decoders: [] sends "
+        "to the outputs; outputs that can: file with codec pcap, kafka with codec pycapa"
     ]
 
 

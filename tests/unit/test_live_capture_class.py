@@ -6,16 +6,14 @@ sees exactly the frames a test sends; the namespaces keep the links otherwise qu
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from captures import udp_frame
+from live import Reader, frames, sender
 from netns import VethPair, in_namespace, veth_pair
 
-from flowpipe import PacketBatch, StageContext, StartupError
+from flowpipe import StageContext, StartupError
 from flowpipe.metrics import Counters
 from flowpipe.options import build_namespace
 from flowpipe.plugins.inputs.pcap import PcapInput
@@ -34,57 +32,6 @@ def open_input(pair: VethPair, batch_size: int = 256, **values: object) -> PcapI
     stage = PcapInput(build_namespace(PcapInput.all_options(), options), context)
     in_namespace(pair.client.namespace, stage.open)
     return stage
-
-
-def sender(pair: VethPair) -> socket.socket:
-    """A raw socket on the server's veth end: what it sends arrives on the client's end."""
-
-    def make() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        sock.bind((pair.server.device, 0))
-        return sock
-
-    return in_namespace(pair.server.namespace, make)
-
-
-def frames(count: int, size: int = 0, first_port: int = 6000) -> list[bytes]:
-    """``count`` UDP frames server -> client, to ports from ``first_port`` on, ``size`` payload bytes."""
-    return [
-        udp_frame("192.0.2.2", "192.0.2.1", 5000, first_port + index, bytes([index % 256]) * size)
-        for index in range(count)
-    ]
-
-
-class Reader:
-    """Runs the input's read() in a thread, recording each batch with the monotonic time it left."""
-
-    def __init__(self, stage: PcapInput) -> None:
-        self.stage = stage
-        self.batches: list[tuple[float, PacketBatch]] = []
-        self.started = time.monotonic()
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for batch in self.stage.read():
-            self.batches.append((time.monotonic(), batch))
-
-    def frames(self) -> list[bytes]:
-        return [frame for _, batch in self.batches for frame in batch.frames]
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out; batches so far: {self.batches}"
-            time.sleep(0.01)
-
-    def stop(self) -> float:
-        """Ask the input to stop; return how long read() took to end."""
-        asked = time.monotonic()
-        self.stage.stop()
-        self.thread.join(5.0)
-        assert not self.thread.is_alive(), "read() did not end after stop()"
-        return time.monotonic() - asked
 
 
 def test_a_quiet_device_yields_a_clock_batch_about_once_a_second_and_stops_at_once(pair: VethPair) -> None:
@@ -112,7 +59,7 @@ def test_packets_leave_within_the_timeout_in_one_batch_with_their_capture_times(
     stage = open_input(pair, timeout="150ms")
     reader = Reader(stage)
     sent = frames(3, size=20)
-    wire = sender(pair)
+    wire = sender(pair.server)
     before = time.time()
     for frame in sent:
         wire.send(frame)
@@ -134,7 +81,7 @@ def test_a_full_batch_leaves_at_once_and_batches_keep_the_order(pair: VethPair) 
     stage = open_input(pair, batch_size=4, timeout="1s")
     reader = Reader(stage)
     sent = frames(10)
-    wire = sender(pair)
+    wire = sender(pair.server)
     for frame in sent:
         wire.send(frame)
     sent_at = time.monotonic()
@@ -158,7 +105,7 @@ def test_immediate_hands_each_packet_over_as_it_comes(pair: VethPair, immediate:
     """
     stage = open_input(pair, batch_size=1, immediate=immediate, timeout="1s")
     reader = Reader(stage)
-    wire = sender(pair)
+    wire = sender(pair.server)
     sent_at = []
     for frame in frames(3):
         sent_at.append(time.monotonic())
@@ -176,7 +123,7 @@ def test_snaplen_cuts_frames_and_the_wire_length_stays(pair: VethPair) -> None:
     stage = open_input(pair, snaplen=64)
     reader = Reader(stage)
     [frame] = frames(1, size=300)
-    sender(pair).send(frame)
+    sender(pair.server).send(frame)
     reader.wait_until(lambda: len(reader.frames()) == 1)
     reader.stop()
     stage.close()
@@ -188,7 +135,7 @@ def test_bpf_filter_keeps_only_the_matching_packets(pair: VethPair) -> None:
     stage = open_input(pair, bpf_filter="udp dst port 6001 or udp dst port 6003")
     reader = Reader(stage)
     sent = frames(5)
-    wire = sender(pair)
+    wire = sender(pair.server)
     for frame in sent:
         wire.send(frame)
     reader.wait_until(lambda: len(reader.frames()) == 2)
@@ -202,7 +149,7 @@ def test_bpf_filter_keeps_only_the_matching_packets(pair: VethPair) -> None:
 def test_kernel_drops_are_counted_periodically_and_at_close(pair: VethPair) -> None:
     stage = open_input(pair, buffer_size="64KiB")
     sent = frames(3000, size=100)
-    wire = sender(pair)
+    wire = sender(pair.server)
     for frame in sent:  # nothing reads yet: the small kernel buffer overflows
         wire.send(frame)
     reader = Reader(stage)
@@ -255,7 +202,7 @@ def test_a_device_that_goes_away_ends_the_reading_with_a_failure(pair: VethPair)
     stage = open_input(pair)
     reader = Reader(stage)
     sent = frames(2)
-    wire = sender(pair)
+    wire = sender(pair.server)
     for frame in sent:
         wire.send(frame)
     reader.wait_until(lambda: reader.frames() == sent)
