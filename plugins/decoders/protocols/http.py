@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 from collections import deque
@@ -973,7 +974,9 @@ def _split_host(authority: str) -> tuple[str, int]:
     return host, port
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(text: str) -> bool:
+    """Whether ``text`` is an IP address (cached: hosts repeat, and a failed parse costs two exceptions)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
