@@ -27,13 +27,13 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from background import started, wait_until_still
 from kafka_broker import (  # kafka_broker_fixture provides the kafka_broker fixture
     Collector,
     KafkaBroker,
@@ -77,25 +77,6 @@ def kafka(broker: KafkaBroker, **options: Any) -> dict[str, Any]:
     return {"type": "kafka", "hosts": [broker.address], "topic": TOPIC, **options}
 
 
-@contextmanager
-def started(config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``flowpipe run`` in the background, stderr in ``stderr.log``; killed if a test leaves it running."""
-    with (config.parent / "stderr.log").open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flowpipe", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=config.parent,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                process.kill()
-            process.wait()
-
-
 def stderr_of(config: Path) -> str:
     return (config.parent / "stderr.log").read_text()
 
@@ -108,20 +89,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return result
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def wait_until_still(read: Callable[[], int], quiet: float, timeout: float = 10.0) -> int:
-    """Wait until ``read()`` stops changing for ``quiet`` seconds; return its value."""
-    deadline = time.monotonic() + timeout
-    value, since = read(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        current = read()
-        if current != value:
-            value, since = current, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return value
-    raise AssertionError(f"value kept changing (last {value})")
 
 
 def scrape(port: int) -> dict[str, int] | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from background import wait_until_still
 from summary_lines import parse_summary
 
 from flowpipe.config import load_pipeline
@@ -140,20 +141,6 @@ def in_process(config: Path, release: Path | None = None) -> Iterator[InProcess]
             release.touch()
         running.pipeline.request_stop()
         running.thread.join(10.0)
-
-
-def wait_until_still(read: Callable[[], int], quiet: float = 0.3, timeout: float = 10.0) -> int:
-    """Wait until ``read()`` stops changing for ``quiet`` seconds; return its value."""
-    deadline = time.monotonic() + timeout
-    value, since = read(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        current = read()
-        if current != value:
-            value, since = current, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return value
-    raise AssertionError(f"value kept changing (last {value})")
 
 
 # -- bounded queues ------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from background import started
 from summary_lines import number, parse_summary
 
 PLUGINS = Path(__file__).resolve().parents[1] / "fixtures" / "runtime_plugins"
@@ -38,25 +38,6 @@ def write_pipeline(tmp_path: Path, **sections: Any) -> Path:
     path = tmp_path / "pipeline.yml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-@contextmanager
-def started(config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``flowpipe run`` in the background, stderr in ``stderr.log`` next to the config; killed if
-    a test leaves it running."""
-    with (config.parent / "stderr.log").open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flowpipe", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=config.parent,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
