@@ -77,7 +77,7 @@ PIPELINE = """inputs:
 outputs:
 {outputs}plugins: [{plugins}]
 metrics: {{period: 0}}
-pipeline: {{shutdown_timeout: 10m}}
+pipeline: {{shutdown_timeout: 10m, workers: {workers}}}
 """
 PCAP_INPUT = "  - type: pcap\n    files: [{corpus}]\n"
 DECODERS = {
@@ -85,13 +85,17 @@ DECODERS = {
     "flowpipe-ip": "[{type: ip}, {type: bench_sink}]",
     "flowpipe-ip-tcp": "[{type: ip}, {type: tcp}]",
     "flowpipe-full": "[{type: ip}, {type: tcp}, {type: protocol}]",
+    "flowpipe-full-2w": "[{type: ip}, {type: tcp}, {type: protocol}]",
 }
+WORKERS = {"flowpipe-full-2w": 2}
+"""``pipeline.workers`` of the cases that run more than one decoding process."""
 PACKET_CASES = (
     "pcapy",
     "flowpipe-read",
     "flowpipe-ip",
     "flowpipe-ip-tcp",
     "flowpipe-full",
+    "flowpipe-full-2w",
     "tshark",
     "nfstream",
 )
@@ -106,6 +110,7 @@ DESCRIPTIONS = {
     "flowpipe-ip": "flowpipe: ip + flows -> file",
     "flowpipe-ip-tcp": "flowpipe: ip + tcp + flows -> file",
     "flowpipe-full": "flowpipe: ip + tcp + protocol + flows -> file",
+    "flowpipe-full-2w": "the same with pipeline.workers: 2",
     "tshark": "tshark -T fields (HTTP, DNS, TLS, SMTP fields) -> file",
     "nfstream": "nfstream (nDPI) flows, 1 meter -> CSV",
     "output-file": "file (NDJSON, no rotation)",
@@ -220,7 +225,13 @@ def prepared(name: str, corpus: Path, folder: Path) -> Iterator[Path]:
             config = folder / "pipeline.yml"
             plugins = HERE / "bench_plugins.py"
             config.write_text(
-                PIPELINE.format(inputs=inputs, decoders=decoders, outputs=output, plugins=plugins)
+                PIPELINE.format(
+                    inputs=inputs,
+                    decoders=decoders,
+                    outputs=output,
+                    plugins=plugins,
+                    workers=WORKERS.get(name, 1),
+                )
             )
             yield config
     except bench_servers.ServerUnavailableError as error:

@@ -100,7 +100,12 @@ def targets(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
             (f"full pipeline >= {factor}x {peer}", "-" if value is None else f"{value:.2f}x",
              check(value >= factor if value is not None else None))
         )  # fmt: skip
-    result.append(("2 workers >= 1.7x 1 process", "not implemented", "-"))
+    workers = rows.get("flowpipe-full-2w", {})
+    speedup = workers["packets_per_s"] / pps if pps and workers.get("packets_per_s") else None
+    same = workers.get("events") == full.get("events")
+    result.append(("2 workers >= 1.7x 1 process",
+                   "-" if speedup is None else f"{speedup:.2f}x ({'same' if same else 'DIFFERENT'} events)",
+                   check(speedup >= 1.7 and same if speedup is not None else None)))  # fmt: skip
     peak = full.get("peak_rss_mb")
     result.append(("peak memory on the corpus <= 400 MB", f"{number(peak)} MB" if peak else "-",
                    check(peak <= 400 if peak else None)))  # fmt: skip

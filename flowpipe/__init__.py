@@ -50,7 +50,17 @@ from .options import (  # noqa: E402
     Struct,
 )
 from .packet import Packet, PacketBatch  # noqa: E402
-from .stage import Checkpoint, Decoder, Input, InputProgress, Output, Processor, Stage, StageContext  # noqa: E402
+from .stage import (  # noqa: E402
+    Checkpoint,
+    Decoder,
+    Input,
+    InputProgress,
+    Output,
+    Processor,
+    Splitter,
+    Stage,
+    StageContext,
+)
 from .transactions import Message, Transactions  # noqa: E402
 
 __all__ = [
@@ -87,6 +97,7 @@ __all__ = [
     "PluginError",
     "Ports",
     "Processor",
+    "Splitter",
     "Stage",
     "StageContext",
     "StartupError",

@@ -35,6 +35,7 @@ from .options import (
     validate_options,
 )
 from .registry import PluginInfo, Registry
+from .stage import Decoder
 from .suggest import did_you_mean
 
 __all__ = [
@@ -60,7 +61,7 @@ PIPELINE_OPTIONS = (
         ),
         description="bounds of every queue between stages",
     ),
-    Option("workers", Int(1), 1, "decoding worker processes (this version runs 1)"),
+    Option("workers", Int(1), 1, "decoding processes, each owning the flows a symmetric hash gives it"),
     Option(
         "shutdown_timeout",
         Duration(),
@@ -453,6 +454,27 @@ def _default_decoders(registry: Registry, document: Document) -> list[StageSpec]
     ]
 
 
+def _check_workers(document: Document, decoders: list[StageSpec], errors: list[str]) -> None:
+    """Worker processes need decoders, the first of which can share packets out between them."""
+    if not decoders:
+        errors.append(
+            document.error(
+                ("pipeline", "workers"),
+                "worker processes decode packets, and this pipeline has no decoders (decoders: []); set 1",
+            )
+        )
+        return
+    first = decoders[0]
+    if first.info.cls.splitter is Decoder.splitter:
+        errors.append(
+            document.error(
+                ("pipeline", "workers"),
+                f"the first decoder, {first.type!r}, cannot share packets out between worker processes "
+                "(it has no splitter); set 1",
+            )
+        )
+
+
 def _check_decoder_chain(document: Document, decoders: list[StageSpec], errors: list[str]) -> None:
     offered = "packets"
     previous = "the inputs"
@@ -569,8 +591,6 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     except PluginError as error:
         raise ConfigError(str(error)) from error
 
-    if sections["pipeline"].workers > 1:
-        errors.append(document.error(("pipeline", "workers"), "only 1 worker is supported in this version"))
     for required in ("inputs", "outputs"):
         if required not in data:
             errors.append(document.error((), f"missing required section '{required}'"))
@@ -581,6 +601,8 @@ def validate_pipeline(document: Document, registry: Registry) -> PipelineSpec:
     if decoders is None:
         decoders = _default_decoders(registry, document)
     _check_decoder_chain(document, decoders, errors)
+    if sections["pipeline"].workers > 1:
+        _check_workers(document, decoders, errors)
     if not errors:
         _check_output_items(document, registry, stage_lists, decoders, errors)
     if errors:

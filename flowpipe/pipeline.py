@@ -5,7 +5,10 @@ Threads and queues::
     input thread(s) --batches--> [packet queue] --> worker thread: decoders -> processors
     worker --event batches--> [one queue per output] --> output thread (write, retry, flush)
 
-With ``decoders: []`` the worker hands the packet batches themselves to the outputs.
+With ``decoders: []`` the worker hands the packet batches themselves to the outputs. With
+``pipeline.workers: N`` (N > 1) the worker thread becomes a router thread that splits the packets
+between N decoding processes by flow, and a collector thread that queues their events for the
+outputs (:mod:`flowpipe.workers`).
 
 Acknowledgements (at least once): an input may yield a :class:`~flowpipe.stage.Checkpoint` after
 batches. It travels as a marker behind those batches through the input queue; the worker, having
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import PipelineSpec, StageSpec
+from .decoding import DecodingChain
 from .errors import OutputError, StartupError
 from .event import Event
 from .metrics import Counters
@@ -40,6 +44,7 @@ from .queues import END, BatchQueue, Marker
 from .registry import Registry
 from .stage import Checkpoint, Decoder, Input, Output, Processor, Stage, StageContext
 from .summary import Summary
+from .workers import WorkerLostError, WorkerPool
 
 __all__ = ["Pipeline"]
 
@@ -91,11 +96,18 @@ class Pipeline:
             for output in self.outputs
         ]
         self.worker_counters = Counters("worker", "worker")
+        self.chain = DecodingChain(self.decoders, self.processors, self.worker_counters, self._ship)
+        self.pool = (
+            WorkerPool(settings.workers, self.decoders, self.processors, self.worker_counters)
+            if settings.workers > 1 and self.decoders
+            else None
+        )
         self.stop_requested = threading.Event()
         self.abort = threading.Event()
         self._threads: list[threading.Thread] = []
         self._opened: list[Stage] = []
         self._started_at = 0.0
+        self._worker_lost = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -114,8 +126,16 @@ class Pipeline:
         ]
 
     def open(self) -> None:
-        """Open every stage, outputs first (an unwritable output fails before reading starts)."""
-        order = [*self.outputs, *self.processors, *self.decoders, *self.inputs]
+        """Open every stage, outputs first (an unwritable output fails before reading starts).
+
+        With worker processes, they are forked first and open the decoders and processors
+        themselves (here those only hold the sums of the workers' counters).
+        """
+        if self.pool is not None:
+            self.pool.start()
+            order = [*self.outputs, *self.inputs]
+        else:
+            order = [*self.outputs, *self.processors, *self.decoders, *self.inputs]
         for stage in order:
             try:
                 stage.open()
@@ -135,13 +155,19 @@ class Pipeline:
             except Exception:
                 log.exception("%s %r failed to close", stage.kind, stage.context.id)
         self._opened.clear()
+        if self.pool is not None:
+            self.pool.join()
 
     def start(self) -> None:
         """Start the input, worker and output threads."""
         self._started_at = time.monotonic()
         for runner in self.output_runners:
             self._spawn(f"output-{runner.output.context.id}", runner.run, self.abort)
-        self._spawn("worker", self._work)
+        if self.pool is None:
+            self._spawn("worker", self._work)
+        else:
+            self._spawn("router", self._route)
+            self._spawn("collector", self._collect)
         for stage in self.inputs:
             self._spawn(f"input-{stage.context.id}", self._read, stage)
 
@@ -185,6 +211,8 @@ class Pipeline:
     def _give_up(self) -> None:
         self.abort.set()  # first, so the worker does not flush decoders into closing queues
         self.input_queue.close()
+        if self.pool is not None:
+            self.pool.terminate()
         for runner in self.output_runners:
             runner.queue.close()
             runner.abandon()
@@ -255,16 +283,15 @@ class Pipeline:
                     for runner in self.output_runners:
                         runner.queue.put_marker(_Acknowledgements(dict(batch.marks)))
                 elif not isinstance(batch, PacketBatch):
-                    self._process_and_ship(batch)
+                    self.chain.events(batch)
                 elif not self.decoders:  # decoders: []: the raw packets go to the outputs
                     if batch.frames:
+                        self.worker_counters.add("out", len(batch))
                         self._ship(batch)
-                elif batch.frames:
-                    self._process_and_ship(self._decode(batch, 0))
                 else:
-                    self._drive("advance", batch.clock)
+                    self.chain.packets(batch)
             if not self.abort.is_set():
-                self._drive("flush")
+                self.chain.flush()
         except Exception as error:  # a bug (e.g. a processor returning None): fail the run, don't hang it
             log.exception("worker failed")
             self.failures.append(f"worker failed: {type(error).__name__}: {error}")
@@ -274,72 +301,60 @@ class Pipeline:
             for runner in self.output_runners:
                 runner.queue.end()
 
-    def _decode(self, batch: Any, first: int) -> list[Event]:
-        events: list[Event] = []
-        items = batch
-        for decoder in self.decoders[first:]:
-            counters = decoder.context.counters
-            counters.add("in", len(items))
-            before = len(events)
-            try:
-                items = decoder.decode(items, events)
-            except Exception:
-                counters.drop("decoder_error", len(items))
-                decoder.context.errors.error(
-                    "decode",
-                    "decoder %r failed on a batch; its items are dropped",
-                    decoder.context.id,
-                    exc_info=True,
-                )
-                return events
-            counters.add("out", len(events) - before + (len(items) if items else 0))
-            if not items:
-                break
-        return events
-
-    def _drive(self, what: str, *args: Any) -> None:
-        """Call ``flush()`` or ``advance(now)`` on each decoder in order, passing on what each forwards."""
-        for index, decoder in enumerate(self.decoders):
-            events: list[Event] = []
-            try:
-                forwarded = getattr(decoder, what)(*args, events)
-            except Exception:
-                decoder.context.errors.error(
-                    what, "decoder %r failed to %s", decoder.context.id, what, exc_info=True
-                )
-                continue
-            decoder.context.counters.add("out", len(events) + (len(forwarded) if forwarded else 0))
-            if forwarded:
-                events.extend(self._decode(forwarded, index + 1))
-            self._process_and_ship(events)
-
-    def _process_and_ship(self, events: list[Event]) -> None:
-        for processor in self.processors:
-            if not events:
-                return
-            counters = processor.context.counters
-            counters.add("in", len(events))
-            try:
-                processed = processor.apply(events)
-                counters.add("out", len(processed))  # inside: a result without len() is its failure
-            except Exception:
-                counters.drop("processor_error", len(events))
-                processor.context.errors.error(
-                    "process",
-                    "processor %r failed on a batch; its events are dropped",
-                    processor.context.id,
-                    exc_info=True,
-                )
-                return
-            events = processed
-        if events:
-            self._ship(events)
-
     def _ship(self, items: list[Event] | PacketBatch) -> None:
         """Hand a batch of events, or of raw packets, to every output's queue (shared, not copied)."""
-        self.worker_counters.add("out", len(items))
         for runner in self.output_runners:
             runner.queue.put(items)
+
+    def _route(self) -> None:
+        """With worker processes: send what the inputs read to the workers."""
+        pool = self.pool
+        assert pool is not None
+        try:
+            while True:
+                batch = self.input_queue.get()
+                if batch is END:
+                    break
+                if isinstance(batch, _Acknowledgements):
+                    pool.mark(batch)
+                elif isinstance(batch, PacketBatch):
+                    pool.packets(batch)
+                else:
+                    pool.events(batch)
+            if not self.abort.is_set():
+                pool.end()
+        except WorkerLostError as error:
+            self._lose_worker(error)
+
+    def _collect(self) -> None:
+        """With worker processes: queue their events for the outputs, and pass on checkpoints."""
+        pool = self.pool
+        assert pool is not None
+        try:
+            for item in pool.results():
+                if isinstance(item, _Acknowledgements):  # every worker shipped what came before it
+                    for runner in self.output_runners:
+                        runner.queue.put_marker(_Acknowledgements(dict(item.marks)))
+                else:
+                    self._ship(item)
+        except WorkerLostError as error:
+            self._lose_worker(error)
+        finally:
+            self.failures.extend(pool.failures)
+            for runner in self.output_runners:
+                runner.queue.end()
+
+    def _lose_worker(self, error: WorkerLostError) -> None:
+        """A worker process died: fail the run and stop the others; what they held is lost."""
+        if self.abort.is_set() or self._worker_lost:  # the shutdown timeout killed it, or known
+            return
+        self._worker_lost = True
+        self.failures.append(f"{error}: the run stops; what the workers held is lost")
+        log.error("%s", self.failures[-1])
+        self.request_stop()
+        self.input_queue.close()
+        assert self.pool is not None
+        self.pool.terminate()
 
 
 class _Mark:

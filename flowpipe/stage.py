@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .conditions import Condition
 from .event import Event
@@ -32,6 +32,7 @@ __all__ = [
     "InputProgress",
     "Output",
     "Processor",
+    "Splitter",
     "Stage",
     "StageContext",
 ]
@@ -226,6 +227,24 @@ class Decoder(Stage):
         packets, and this call only stands in for packets that did not come.
         """
         return None
+
+    def splitter(self, ways: int, link_type: int) -> Splitter | None:
+        """For ``pipeline.workers``, asked of the first decoder of a chain: a :class:`Splitter`
+        that shares frames of ``link_type`` between ``ways`` worker processes so that each gets
+        whole flows; None (the default) when this decoder cannot."""
+        return None
+
+
+class Splitter(Protocol):
+    """Shares packets out between the worker processes (see :meth:`Decoder.splitter`)."""
+
+    def split(self, batch: PacketBatch) -> list[PacketBatch]:
+        """One batch per worker (empty ones included), each flow whole in one of them."""
+        ...
+
+    def release(self) -> list[PacketBatch]:
+        """End of input: one batch per worker of what the splitter still holds."""
+        ...
 
 
 class Processor(Stage):

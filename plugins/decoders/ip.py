@@ -103,6 +103,7 @@ from flowpipe import (
 
 from .community_id import icmp_ports
 from .defrag import MAX_PAYLOAD, MIN_MAX_BYTES, Defragmenter
+from .flowhash import FlowSplitter
 from .flows import ENDED, FLOW_OPTIONS, IANA_NUMBERS, PORTLESS, TRANSPORTS, VLAN_IDS, WITH_PORTS, FlowTable
 from .layers import (
     ETHERTYPE_IPV4,
@@ -670,6 +671,11 @@ class IpDecoder(Decoder):
         if self.defrag is not None:
             self._expire(now)
             self._merge_defrag()
+
+    def splitter(self, ways: int, link_type: int) -> FlowSplitter:
+        """For ``pipeline.workers``: share frames out by the symmetric flow hash, fragments with
+        their datagram."""
+        return FlowSplitter(ways, link_type)
 
 
 @hookimpl

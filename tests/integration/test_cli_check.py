@@ -294,9 +294,12 @@ BROKEN = [
         id="bad-duration-and-size",
     ),
     pytest.param(
-        VALID + "pipeline:\n  workers: 4\n",
+        VALID + "decoders: []\npipeline:\n  workers: 4\n",
         (),
-        ["pipeline.yml:7:3: pipeline.workers: only 1 worker is supported in this version"],
+        [
+            "pipeline.yml:8:3: pipeline.workers: worker processes decode packets, and this pipeline has "
+            "no decoders (decoders: []); set 1"
+        ],
         id="workers",
     ),
     pytest.param(

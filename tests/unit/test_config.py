@@ -351,10 +351,14 @@ def test_errors_come_in_file_order(tmp_path: Path, registry: Registry) -> None:
     ]
 
 
-def test_more_than_one_worker_is_refused(tmp_path: Path, registry: Registry) -> None:
-    path = write(tmp_path, MINIMAL + "pipeline:\n  workers: 2\n")
+def test_workers_need_decoders(tmp_path: Path, registry: Registry) -> None:
+    assert (
+        load_pipeline(write(tmp_path, MINIMAL + "pipeline:\n  workers: 2\n"), registry).settings.workers == 2
+    )
+    path = write(tmp_path, MINIMAL + "decoders: []\npipeline:\n  workers: 2\n")
     assert config_errors(load_pipeline, path, registry, environ={}) == [
-        f"{path}:7:3: pipeline.workers: only 1 worker is supported in this version"
+        f"{path}:8:3: pipeline.workers: worker processes decode packets, and this pipeline has no decoders "
+        "(decoders: []); set 1"
     ]
 
 
