@@ -337,7 +337,6 @@ class FlowTable:
         """Capture time is ``now``: end lingering and idle flows; report long ones when a period is due."""
         if self.next_check == float("-inf"):  # the first packet: the report periods start
             self.next_report = now + self.period if self.period else float("inf")
-        self.next_check = now + self.interval
         flows = self.flows
         closing = self.closing
         deadline = now - LINGER
@@ -355,13 +354,18 @@ class FlowTable:
             del flows[flow.key]
             self._end(flow, flow.end_reason or "timeout", events)
         if now >= self.next_report:
-            self.next_report += ((now - self.next_report) // self.period + 1) * self.period
+            due = self.next_report
+            self.next_report += ((now - due) // self.period + 1) * self.period
             if self.emit:
-                self._report(now, events)
+                self._report(due, events)
+        # A report is made at the first packet at or after its time, so its records hold what
+        # came before that time: the same in any worker process that owns the flows.
+        self.next_check = min(now + self.interval, self.next_report)
 
-    def _report(self, now: float, events: list[Event]) -> None:
-        """A record (``flow.final: false``) of each flow older than a period with packets since its last."""
-        oldest = now - self.period
+    def _report(self, due: float, events: list[Event]) -> None:
+        """A record (``flow.final: false``) of each flow older than a period at report time ``due``
+        with packets since its last."""
+        oldest = due - self.period
         record = self.record
         for flow in self.flows.values():
             if flow.start <= oldest and flow.last > flow.reported:

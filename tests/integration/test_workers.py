@@ -7,12 +7,14 @@ fragmented datagrams in order and in reverse, spread over every worker.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,38 @@ def test_the_capture_spreads_over_the_workers(capture: Path) -> None:
     for ways in (2, 3):
         sizes = [len(part) for part in FlowSplitter(ways).split(batch)]
         assert min(sizes) > len(batch_frames) // (ways * 3), sizes
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_n_workers_make_exactly_the_events_and_counts_of_one_process(
+    tmp_path: Path, capture: Path, workers: int
+) -> None:
+    single, one = decode(tmp_path / "one", capture, 1)
+    several, many = decode(tmp_path / "many", capture, workers)
+
+    assert several == single
+    events = [json.loads(line) for line in single]
+    assert Counter(event["event"]["dataset"] for event in events) == {
+        "flow": 120,
+        "http": 18,
+        "dns": 6,
+        "dhcpv4": 4,
+        "tls": 3,
+        "echo": 3,
+        "icmp": 3,
+        "smtp": 2,
+    }
+    flows = [event["flow"] for event in events if event["event"]["dataset"] == "flow"]
+    assert Counter(flow.get("end_reason", "periodic") for flow in flows) == {
+        "periodic": 56,
+        "end_of_input": 24,
+        "fin": 23,
+        "timeout": 17,
+    }
+    for stage, other in zip(one.decoders, many.decoders, strict=True):
+        assert other.context.counters.values == stage.context.counters.values, stage.context.id
+    assert many.worker_counters.values == one.worker_counters.values == {"out": len(single)}
+    assert many.summary().exit_status == 0
 
 
 def test_checkpoints_are_acknowledged_once_every_worker_shipped_what_came_before(tmp_path: Path) -> None:
