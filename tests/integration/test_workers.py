@@ -201,6 +201,15 @@ class Crashing(Decoder):
         return FlowSplitter(ways, link_type)
 
 
+class Stalling(Crashing):
+    """Never finishes flushing."""
+
+    def flush(self, events):
+        import time
+
+        time.sleep(600)
+
+
 class Unsplitting(Decoder):
     """Cannot share packets out between workers."""
 
@@ -215,7 +224,7 @@ def flowpipe_add_processors():
 
 @hookimpl
 def flowpipe_add_decoders():
-    return {"crashing": Crashing, "unsplitting": Unsplitting}
+    return {"crashing": Crashing, "stalling": Stalling, "unsplitting": Unsplitting}
 '''
 
 
@@ -321,3 +330,33 @@ def test_ctrl_c_to_the_process_group_stops_the_run_cleanly_with_every_event(tmp_
     assert len(events.read_bytes().splitlines()) == 20
     log = (tmp_path / "stderr.log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
+
+
+def test_the_shutdown_timeout_stops_workers_that_do_not_finish(tmp_path: Path) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_PLUGIN)
+    capture = write_pcap(tmp_path / "few.pcap", [(START, udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"x"))])
+    config = tmp_path / "pipeline.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "plugins": ["failing.py"],
+                "inputs": [{"type": "pcap", "files": [str(capture)]}],
+                "decoders": [{"type": "stalling"}],
+                "outputs": [{"type": "file", "path": "events.ndjson"}],
+                "pipeline": {"workers": 2, "shutdown_timeout": "1s"},
+            }
+        )
+    )
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flowpipe", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert time.monotonic() - began < 15
+    assert result.returncode == 1
+    assert "shutdown timeout (1 s) reached" in result.stderr
+    assert "ended unexpectedly" not in result.stderr  # killed on purpose, not lost
+    assert (tmp_path / "events.ndjson").read_text().count("\n") == 1  # what was decoded got out
