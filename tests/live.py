@@ -21,7 +21,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,26 @@ def listening(side: Side) -> str:
     return subprocess.run(side.command("ss", "-ltn"), capture_output=True, text=True, timeout=10).stdout
 
 
+@contextmanager
+def tcpdump_capturing(side: Side, capture: Path) -> Iterator[Callable[[], bool]]:
+    """tcpdump writes what ``side``'s device sees to ``capture`` while the block runs (its log next
+    to it, ``.txt``); yields a check of whether it is listening yet."""
+    log_path = capture.with_suffix(".txt")
+    with log_path.open("w") as log:
+        tcpdump = subprocess.Popen(
+            side.command(
+                "tcpdump", "-i", side.device, "-Z", "root", "--immediate-mode", "-U", "-w", str(capture)
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        yield lambda: "listening on" in log_path.read_text()
+    finally:
+        tcpdump.send_signal(signal.SIGINT)
+        tcpdump.wait(timeout=10)
+
+
 def http_and_udp_traffic(
     tmp_path: Path, pair: VethPair, input_type: str, input_options: dict[str, Any]
 ) -> tuple[LiveRun, Path]:
@@ -240,32 +261,24 @@ def http_and_udp_traffic(
         stderr=subprocess.DEVNULL,
     )
     reference = tmp_path / "tcpdump.pcap"
-    tcpdump_log = tmp_path / "tcpdump.txt"
-    with tcpdump_log.open("w") as log:
-        tcpdump = subprocess.Popen(
-            client.command(
-                "tcpdump", "-i", client.device, "-Z", "root", "--immediate-mode", "-U", "-w", str(reference)
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
     try:
-        run = LiveRun(tmp_path, client, input_options, input_type=input_type)
-        run.wait_until_capturing()
-        run.wait_for(lambda: "listening on" in tcpdump_log.read_text(), "tcpdump to start")
-        run.wait_for(lambda: server.address in listening(server), "the web server to listen")
-        fetched = client.run("curl", "-sf", "--retry", "3", f"http://{server.address}:{HTTP_PORT}/hello.txt")
-        assert fetched.stdout == "hello, live capture\n" * 500
-        client.run(sys.executable, "-c", UDP_SENDER, client.address, server.address)
-        run.wait_for(
-            lambda: sum(event["network"]["transport"] == "udp" for event in run.events()) == 3,
-            "the UDP events",
-        )
-        time.sleep(0.3)  # the ICMP port-unreachable answers to the datagrams
-        assert run.stop() == 0, run.stderr
+        with tcpdump_capturing(client, reference) as tcpdump_listening:
+            run = LiveRun(tmp_path, client, input_options, input_type=input_type)
+            run.wait_until_capturing()
+            run.wait_for(tcpdump_listening, "tcpdump to start")
+            run.wait_for(lambda: server.address in listening(server), "the web server to listen")
+            fetched = client.run(
+                "curl", "-sf", "--retry", "3", f"http://{server.address}:{HTTP_PORT}/hello.txt"
+            )
+            assert fetched.stdout == "hello, live capture\n" * 500
+            client.run(sys.executable, "-c", UDP_SENDER, client.address, server.address)
+            run.wait_for(
+                lambda: sum(event["network"]["transport"] == "udp" for event in run.events()) == 3,
+                "the UDP events",
+            )
+            time.sleep(0.3)  # the ICMP port-unreachable answers to the datagrams
+            assert run.stop() == 0, run.stderr
     finally:
-        tcpdump.send_signal(signal.SIGINT)
-        tcpdump.wait(timeout=10)
         web.terminate()
         web.wait(timeout=10)
     return run, reference

@@ -11,7 +11,6 @@ run is missing).
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from live import (
     http_and_udp_traffic,
     icmp_rows,
     sender,
+    tcpdump_capturing,
     timeless,
 )
 from netns import Side, VethPair, in_namespace, require_programs, veth_pair
@@ -135,19 +135,10 @@ def test_vlan_traffic_on_the_parent_device_carries_its_tag_as_tcpdump_shows_it(
     add_vlan(client, "198.51.100.1")
     add_vlan(server, "198.51.100.2")
     reference = tmp_path / "tcpdump.pcap"
-    tcpdump_log = tmp_path / "tcpdump.txt"
-    with tcpdump_log.open("w") as log:
-        tcpdump = subprocess.Popen(
-            client.command(
-                "tcpdump", "-i", client.device, "-Z", "root", "--immediate-mode", "-U", "-w", str(reference)
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    try:
+    with tcpdump_capturing(client, reference) as tcpdump_listening:
         run = LiveRun(tmp_path, client, {"device": client.device}, input_type=AF_PACKET)
         run.wait_until_capturing()
-        run.wait_for(lambda: "listening on" in tcpdump_log.read_text(), "tcpdump to start")
+        run.wait_for(tcpdump_listening, "tcpdump to start")
         client.run("ping", "-c", "2", "-i", "0.2", "198.51.100.2")
         client.run(sys.executable, "-c", UDP_SENDER, "198.51.100.1", "198.51.100.2")
         run.wait_for(
@@ -156,9 +147,6 @@ def test_vlan_traffic_on_the_parent_device_carries_its_tag_as_tcpdump_shows_it(
         )
         time.sleep(0.3)  # the ICMP port-unreachable answers to the datagrams
         assert run.stop() == 0, run.stderr
-    finally:
-        tcpdump.send_signal(signal.SIGINT)
-        tcpdump.wait(timeout=10)
 
     events = run.events()
     assert [timeless(event) for event in events] == [
