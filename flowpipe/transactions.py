@@ -229,9 +229,21 @@ def transaction_event(
     status is Error when a message says so, or a request has no response (unless ``alone``: the
     message expects none).
     """
-    first = request if request is not None else response
-    assert first is not None
-    requester_is_client = first.from_client if request is not None else not first.from_client
+    if request is not None:
+        first, requester_is_client = request, request.from_client
+        request_bytes, notes = request.size, request.notes
+        error = request.error or (response.error if response is not None else not alone)
+    else:
+        assert response is not None
+        first, requester_is_client = response, not response.from_client
+        request_bytes, notes = 0, []
+        error = response.error
+    if response is not None:
+        response_bytes = response.size
+        if response.notes:
+            notes = notes + response.notes
+    else:
+        response_bytes = 0
     if requester_is_client:
         client_ip, client_port, server_ip, server_port = (
             flow.client_ip,
@@ -246,36 +258,24 @@ def transaction_event(
             flow.client_ip,
             flow.client_port,
         )
-    request_bytes = request.size if request is not None else 0
-    response_bytes = response.size if response is not None else 0
-    error = (
-        (response is None and not alone)
-        or (response is not None and response.error)
-        or (request is not None and request.error)
-    )
     name = analyzer.name
+    start = format_timestamp(first.timestamp)
     event_info: dict[str, Any] = {
         "dataset": name,
         "kind": "event",
         "category": list(analyzer.categories),
         "type": ["connection", "protocol", "error"] if error else ["connection", "protocol"],
-        "start": format_timestamp(first.timestamp),
+        "start": start,
     }
     if request is not None and response is not None:
         event_info["end"] = format_timestamp(response.timestamp)
         event_info["duration"] = max(0, round((response.timestamp - request.timestamp) * 1e6)) * 1000
     else:
-        event_info["end"] = event_info["start"]
-    client: dict[str, Any] = {"ip": client_ip}
-    server: dict[str, Any] = {"ip": server_ip}
-    if flow.protocol in PORTED:
-        client["port"] = client_port
-        server["port"] = server_port
-    client["bytes"] = request_bytes
-    server["bytes"] = response_bytes
+        event_info["end"] = start
+    protocol = flow.protocol
     network: dict[str, Any] = {
         "type": flow.network_type,
-        "transport": TRANSPORTS.get(flow.protocol, str(flow.protocol)),
+        "transport": TRANSPORTS.get(protocol) or str(protocol),
         "protocol": name,
         "bytes": request_bytes + response_bytes,
     }
@@ -283,24 +283,26 @@ def transaction_event(
         network["community_id"] = flow.community_id
     if flow.vlan:
         network["vlan"] = {"id": flow.vlan[0]}
+    if protocol in PORTED:
+        client = {"ip": client_ip, "port": client_port, "bytes": request_bytes}
+        server = {"ip": server_ip, "port": server_port, "bytes": response_bytes}
+    else:
+        client = {"ip": client_ip, "bytes": request_bytes}
+        server = {"ip": server_ip, "bytes": response_bytes}
     event: Event = {
-        "@timestamp": event_info["start"],
+        "@timestamp": start,
         "type": name,
         "status": "Error" if error else "OK",
         "event": event_info,
         "network": network,
-        "source": dict(client),
-        "destination": dict(server),
+        "source": client.copy(),
+        "destination": server.copy(),
         "client": client,
         "server": server,
         "related": {"ip": [client_ip] if client_ip == server_ip else [client_ip, server_ip]},
     }
-    notes = [
-        *(request.notes if request is not None else ()),
-        *(response.notes if response is not None else ()),
-    ]
     if notes:
-        event["notes"] = notes
+        event["notes"] = list(notes)
     config = analyzer.config
     if config.send_request and request is not None and request.raw is not None:
         event["request"] = request.raw.decode("utf-8", "replace")

@@ -27,6 +27,7 @@ from flowpipe.metrics import Counters
 from flowpipe.options import build_namespace
 from flowpipe.plugins.decoders.protocol import ProtocolDecoder
 from flowpipe.plugins.decoders.protocols.dns import (
+    KNOWN_NAMES,
     DnsAnalyzer,
     IncompleteError,
     MalformedError,
@@ -1060,6 +1061,20 @@ def test_registered_domains_follow_the_public_suffix_list(qname: str, fields: di
     suffixes = PublicSuffixList(SUFFIXES.splitlines())
     expected = {**fields, "etld_plus_one": fields["registered_domain"]} if fields else {}
     assert suffixes.domain_fields(qname) == expected
+    assert suffixes.domain_fields(qname) == expected  # remembered
+
+
+def test_a_suffix_list_remembers_a_bounded_number_of_names() -> None:
+    suffixes = PublicSuffixList(SUFFIXES.splitlines())
+    for index in range(KNOWN_NAMES + 10):
+        assert suffixes.domain_fields(f"host{index}.example.co.uk") == {
+            "registered_domain": "example.co.uk",
+            "etld_plus_one": "example.co.uk",
+            "top_level_domain": "co.uk",
+            "subdomain": f"host{index}",
+        }
+    assert 0 < len(suffixes.known) <= KNOWN_NAMES
+    assert suffixes.domain_fields("host3.example.co.uk")["subdomain"] == "host3"
 
 
 def test_the_question_gets_registered_domain_fields_from_the_configured_list(

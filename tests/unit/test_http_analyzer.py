@@ -15,9 +15,13 @@ import pytest
 from analyzers import Decoded, transactions
 from captures import tcp_conversation
 
+from flowpipe import StageContext
 from flowpipe.config import load_pipeline
 from flowpipe.errors import ConfigError
-from flowpipe.plugins.decoders.protocols.http import HttpAnalyzer
+from flowpipe.metrics import Counters
+from flowpipe.options import build_namespace
+from flowpipe.plugins.decoders.protocol import ProtocolDecoder
+from flowpipe.plugins.decoders.protocols.http import REQUEST, HttpAnalyzer, HttpConnection
 from flowpipe.registry import Registry
 
 CLIENT = ("10.0.0.1", 40000)
@@ -875,3 +879,97 @@ def test_damaged_conversations_never_make_the_analyzer_fail(tmp_path: Path) -> N
     events = run(tmp_path, connections(*conversations), send_request=True, include_body_for=["text"])
     assert "dropped.http.analyzer_error" not in events.counters
     assert len(events) > 80
+
+
+# -- a header section parsed at once or line by line --------------------------------------------------
+
+PARSER_CLIENT = (
+    b"\r\nPOST /form HTTP/1.1\r\nHost: example.com\r\nUser-Agent: a\r\n  folded agent\r\n"
+    b"Authorization: Basic dTpw\r\n\tsecret continuation\r\nno colon here\r\n"
+    b"Accept: x\r\nAccept: y\r\nX-Forwarded-For: 192.0.2.9, 10.0.0.1\r\nContent-Length: 3\r\n\r\nabc"
+    b"GET /empty HTTP/1.1\r\n\r\n"
+    b"GET /last HTTP/1.1\r\nCookie: c\r\n  d\r\nHost: last.example\r\n\r\n"
+    b"GET /long HTTP/1.1\r\nX-Long: " + b"v" * 300 + b"\r\nHost: cut.example\r\n\r\n"
+    b"GET /bare HTTP/1.1\r\nBare: lf\nHost: bare.example\r\n\r\n"
+)
+"""Requests whose header sections take the whole-section path, then two that cannot: one over
+max_message_size (256 in the test), one with a line ending in a bare LF."""
+PARSER_SERVER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi"
+    b"HTTP/1.1 204 No Content\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 300 + b"\r\nContent-Length: 1\r\n\r\nz"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def _parsed(analyzer: HttpAnalyzer, segments: list[tuple[bool, bytes]]) -> list[tuple[Any, ...]]:
+    """What both parsers of a fresh connection make of ``segments``, message by message."""
+    conn = HttpConnection(analyzer.settings)
+    found = []
+    for from_client, data in segments:
+        parser = conn.client if from_client else conn.server
+        for kind, message in parser.feed(data, 1.0, from_client):
+            found.append((kind, message))
+    for parser in (conn.client, conn.server):
+        found += parser.finish("ended")
+    return [
+        (kind, message.size, json.dumps(message.fields, default=repr), message.notes, message.raw)
+        for kind, message in found
+    ]
+
+
+def test_a_header_section_whole_in_a_segment_parses_as_one_split_anywhere(tmp_path: Path) -> None:
+    """The whole-section path (folding, secrets, bare LF, malformed lines, a section over
+    max_message_size) gives what the line-by-line path gives for every split point."""
+    registry = Registry.default()
+    others = {name: {"enabled": False} for name in registry.names("analyzer") if name != "http"}
+    options = {
+        "send_all_headers": True,
+        "send_request": True,
+        "send_response": True,
+        "real_ip_header": "X-Forwarded-For",
+        "max_message_size": 256,
+    }
+    config = build_namespace(ProtocolDecoder.schema(registry), {"protocols": {**others, "http": options}})
+    counters = Counters("protocol", "decoder")
+    context = StageContext("protocol", counters, base_dir=tmp_path, registry=registry)
+    decoder = ProtocolDecoder(config, context)
+    decoder.open()
+    (analyzer,) = decoder.analyzers
+    assert isinstance(analyzer, HttpAnalyzer)
+    whole = _parsed(analyzer, [(True, PARSER_CLIENT), (False, PARSER_SERVER)])
+    assert counters.values["http.malformed_header_lines"] == 1  # "no colon here"
+    one_byte = [(True, bytes([byte])) for byte in PARSER_CLIENT]
+    one_byte += [(False, bytes([byte])) for byte in PARSER_SERVER]
+    assert _parsed(analyzer, one_byte) == whole
+    for cut in range(1, max(len(PARSER_CLIENT), len(PARSER_SERVER))):
+        client_cut, server_cut = min(cut, len(PARSER_CLIENT) - 1), min(cut, len(PARSER_SERVER) - 1)
+        segments = [
+            (True, PARSER_CLIENT[:client_cut]),
+            (True, PARSER_CLIENT[client_cut:]),
+            (False, PARSER_SERVER[:server_cut]),
+            (False, PARSER_SERVER[server_cut:]),
+        ]
+        assert _parsed(analyzer, segments) == whole, f"split at {cut}"
+    assert counters.values["http.malformed_header_lines"] == 1 + max(len(PARSER_CLIENT), len(PARSER_SERVER))
+    requests = [json.loads(fields) for kind, _, fields, *_ in whole if kind == REQUEST]
+    assert [fields["target"] for fields in requests] == ["/form", "/empty", "/last", "/long", "/bare"]
+    assert requests[0]["headers"] == {
+        "host": "example.com",
+        "user-agent": "a folded agent",
+        "authorization": "*",
+        "accept": "x, y",
+        "x-forwarded-for": "192.0.2.9, 10.0.0.1",
+        "content-length": "3",
+    }
+    assert requests[0]["forwarded_ip"] == "192.0.2.9"
+    assert requests[0]["user"] == "u"
+    assert requests[2]["headers"] == {"cookie": "c d", "host": "last.example"}
+    assert "host" not in requests[3]  # beyond max_message_size: framed, not kept
+    assert requests[4]["headers"] == {"bare": "lf", "host": "bare.example"}
+    first_raw = whole[0][4]
+    assert first_raw.startswith(b"POST /form HTTP/1.1\r\n")
+    assert b"Authorization: *\r\nno colon here\r\n" in first_raw
+    truncated = "message truncated at max_message_size (256 bytes)"
+    assert [notes for *_, notes, _raw in whole] == [[], [], [], [truncated], [], [], [], [], [truncated], []]

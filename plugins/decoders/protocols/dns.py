@@ -750,12 +750,18 @@ def _load_suffix_list(path: str, mtime_ns: int, size: int) -> PublicSuffixList:
     return PublicSuffixList(Path(path).read_text("utf-8").splitlines())
 
 
+KNOWN_NAMES = 4096
+"""Names whose registered-domain fields a suffix list remembers (then it starts afresh)."""
+
+
 class PublicSuffixList:
     """The rules of the Public Suffix List (publicsuffix.org) that name registered domains."""
 
-    __slots__ = ("exceptions", "rules", "wildcards")
+    __slots__ = ("exceptions", "known", "rules", "wildcards")
 
     def __init__(self, lines: list[str]) -> None:
+        self.known: dict[str, dict[str, str]] = {}
+        """Name -> its :meth:`domain_fields` (names repeat), at most :data:`KNOWN_NAMES` of them."""
         self.rules: set[str] = set()
         self.wildcards: set[str] = set()
         """Parents of ``*.parent`` rules."""
@@ -802,7 +808,19 @@ class PublicSuffixList:
         return (start, count) if start > 0 else None
 
     def domain_fields(self, name: str) -> dict[str, str]:
-        """``registered_domain``, ``etld_plus_one``, ``top_level_domain`` and ``subdomain`` of ``name``."""
+        """``registered_domain``, ``etld_plus_one``, ``top_level_domain`` and ``subdomain`` of ``name``.
+
+        The dict is remembered and returned again for the same name: copy it, do not modify it.
+        """
+        known = self.known.get(name)
+        if known is None:
+            known = self._domain_fields(name)
+            if len(self.known) >= KNOWN_NAMES:
+                self.known.clear()
+            self.known[name] = known
+        return known
+
+    def _domain_fields(self, name: str) -> dict[str, str]:
         if name == "." or not name:
             return {}
         found = self.split(name)

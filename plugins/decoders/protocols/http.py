@@ -71,6 +71,8 @@ that a response framed by its method can follow), or a whole response."""
 
 REDACTED = "*"
 SECRET_HEADERS = frozenset((b"authorization", b"proxy-authorization"))
+FOLDING = (b" ", b"\t")
+"""First bytes of an obsolete folded line (more of the previous header's value)."""
 TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 MAX_LENGTH_DIGITS = 18
@@ -78,6 +80,8 @@ MAX_LENGTH_DIGITS = 18
 MAX_METHOD = 32
 """Longest method content detection accepts (real ones are at most 17 characters)."""
 DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_CACHED_HOST = 300
+"""Longest Host value (or authority) whose parts are cached (a name is at most 253 characters)."""
 
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [^\x00-\x20\x7f]+ HTTP/1\.[0-9][\r\n]")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r\n]")
@@ -114,6 +118,7 @@ class HttpSettings:
         "header_names",
         "limit",
         "max_pending",
+        "noted_headers",
         "real_ip_header",
         "send_request",
         "send_response",
@@ -133,6 +138,11 @@ class HttpSettings:
         )
         self.real_ip_header: bytes | None = config.real_ip_header.strip().lower().encode("latin-1") or None
         self.body_types = tuple(kind.lower().encode("latin-1") for kind in config.include_body_for)
+        noted = {b"content-length", b"transfer-encoding", *_INFO_HEADERS, *self.header_names}
+        if self.real_ip_header:
+            noted.add(self.real_ip_header)
+        self.noted_headers: frozenset[bytes] | None = None if self.all_headers else frozenset(noted)
+        """Names of the headers that matter (framing, event fields, chosen ones); None: every header."""
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -249,9 +259,22 @@ class HttpParser:
             self.line.clear()  # still lost: a message must start at a segment's start
             self.line_cut = 0
         position, end = 0, len(data)
+        whole_blocks = True
         while position < end:
             state = self.state
             if state in LINE_STATES:
+                if (
+                    state == HEADERS
+                    and whole_blocks
+                    and not (self.line or self.line_cut)
+                    and not data.startswith(b"\r\n", position)
+                ):
+                    # The usual case: the rest of the header section is in this segment.
+                    block_end = data.find(b"\r\n\r\n", position)
+                    if block_end >= 0 and self._header_block(data, position, block_end):
+                        position = block_end + 4
+                        continue
+                    whole_blocks = False  # line by line for the rest of the segment
                 newline = data.find(b"\n", position)
                 if newline < 0:
                     self._partial_line(data, position, timestamp)
@@ -395,6 +418,45 @@ class HttpParser:
             self.raw = bytearray(line[: self.settings.limit])
         self.state = HEADERS
 
+    def _header_block(self, data: bytes, start: int, end: int) -> bool:
+        """The header lines of ``data[start:end]`` and the empty line after them, at once.
+
+        Only for a block that fits in ``max_message_size`` and whose lines all end in CRLF; returns
+        False, having done nothing, for any other (:meth:`_header_line` then takes it line by line).
+        """
+        size = end + 4 - start
+        if self.header_bytes + size > self.settings.limit:
+            return False
+        block = data[start:end]
+        lines = block.split(b"\r\n")
+        if block.count(b"\n") != len(lines) - 1:
+            return False  # a line ends in a bare LF
+        message = self.message
+        assert message is not None
+        message.size += size
+        self.header_bytes += size
+        noted = self.settings.noted_headers
+        raw = self.raw
+        secret = self.secret
+        for line in lines:
+            if line[:1] in FOLDING:
+                self._folded_line(line, line + b"\r\n", secret, True)
+                continue
+            original_name, colon, value = line.partition(b":")
+            name = original_name.strip(b" \t").lower()
+            secret = name in SECRET_HEADERS
+            if raw is not None:
+                self._append_raw(original_name + b": *\r\n" if secret else line + b"\r\n")
+            self.last_header = None
+            if not colon or not name:
+                self.settings.analyzer.count("malformed_header_lines")
+            elif noted is None or name in noted:
+                self._header(name, value, secret, True)
+        self.secret = secret
+        self._append_raw(b"\r\n")
+        self._headers_done()
+        return True
+
     def _header_line(self, line: bytes, cut: int) -> None:
         message = self.message
         assert message is not None
@@ -411,11 +473,8 @@ class HttpParser:
         if not kept and not self.truncated:
             self.truncated = True
             message.notes.append(f"message truncated at max_message_size ({limit} bytes)")
-        if text[:1] in (b" ", b"\t"):  # obsolete line folding: more of the previous value
-            if not self.secret:
-                self._append_raw(line)
-                if kept and not cut and self.headers is not None and self.last_header is not None:
-                    self.headers[self.last_header] += " " + text.strip(b" \t").decode("utf-8", "replace")
+        if text[:1] in FOLDING:  # obsolete line folding: more of the previous value
+            self._folded_line(text, line, self.secret, kept and not cut)
             return
         original_name, colon, value = text.partition(b":")
         name = original_name.strip(b" \t").lower()
@@ -427,6 +486,17 @@ class HttpParser:
         if not colon or not name:
             self.settings.analyzer.count("malformed_header_lines")
             return
+        self._header(name, value, secret, kept)
+
+    def _folded_line(self, text: bytes, line: bytes, secret: bool, kept: bool) -> None:
+        """Obsolete line folding: more of the previous header's value (``text``: ``line`` chomped)."""
+        if not secret:
+            self._append_raw(line)
+            if kept and self.headers is not None and self.last_header is not None:
+                self.headers[self.last_header] += " " + text.strip(b" \t").decode("utf-8", "replace")
+
+    def _header(self, name: bytes, value: bytes, secret: bool, kept: bool) -> None:
+        """A header line ``name: value`` (name lowercased); ``kept``: within max_message_size."""
         value = value.strip(b" \t")
         if name == b"content-length":
             self._content_length(value)
@@ -881,8 +951,7 @@ def fill_event(event: Event, request: Message | None, response: Message | None) 
         answer: dict[str, Any] = {"status_code": fields["status_code"]}
         if fields["status_phrase"]:
             answer["status_phrase"] = fields["status_phrase"].lower()
-        answer.update(_message_fields(response))
-        http["response"] = answer
+        http["response"] = _message_fields(response, answer)
     event["http"] = http
 
 
@@ -891,17 +960,17 @@ def _request_fields(request: Message) -> dict[str, Any]:
     result: dict[str, Any] = {"method": fields["method"]}
     if "referrer" in fields:
         result["referrer"] = fields["referrer"]
-    result.update(_message_fields(request))
-    return result
+    return _message_fields(request, result)
 
 
-def _message_fields(message: Message) -> dict[str, Any]:
-    """``bytes``, ``body``, ``mime_type`` and ``headers`` of a request or response."""
+def _message_fields(message: Message, result: dict[str, Any]) -> dict[str, Any]:
+    """Add ``bytes``, ``body``, ``mime_type`` and ``headers`` of a request or response to ``result``."""
     fields = message.fields
     body: dict[str, Any] = {"bytes": fields["body_bytes"]}
     if "body" in fields:
         body["content"] = fields["body"].decode("utf-8", "replace")
-    result: dict[str, Any] = {"bytes": message.size, "body": body}
+    result["bytes"] = message.size
+    result["body"] = body
     if "mime_type" in fields:
         result["mime_type"] = fields["mime_type"]
     if fields.get("headers"):
@@ -912,7 +981,7 @@ def _message_fields(message: Message) -> dict[str, Any]:
 def _url_fields(event: Event, fields: dict[str, Any]) -> None:
     """``url.*``, Packetbeat's ``method``/``path``/``query`` and the Host's destination.domain."""
     method, target = fields["method"], fields["target"]
-    scheme, host, port, path, query = "http", "", 0, None, None
+    scheme, host, port, address, path, query = "http", "", 0, False, None, None
     if target.startswith("/"):
         path, mark, query_text = target.partition("?")
         query = query_text if mark else None
@@ -922,11 +991,11 @@ def _url_fields(event: Event, fields: dict[str, Any]) -> None:
         authority, path = _ABSOLUTE_REST.match(rest).groups()  # type: ignore[union-attr]
         path, mark, query_text = (path or "/").partition("?")
         query = query_text if mark else None
-        host, port = _split_host(authority.rpartition("@")[2])
+        host, port, address = _split_host(authority.rpartition("@")[2])
     elif method == "CONNECT":  # authority form
-        host, port = _split_host(target)
+        host, port, address = _split_host(target)
     if not host and "host" in fields:
-        host, port = _split_host(fields["host"])
+        host, port, address = _split_host(fields["host"])
     if not port:
         port = event["destination"]["port"]
     url: dict[str, Any] = {"original": target, "scheme": scheme}
@@ -936,9 +1005,9 @@ def _url_fields(event: Event, fields: dict[str, Any]) -> None:
         url["port"] = port
     if path is not None:
         url["path"] = path
-        name = path.rsplit("/", 1)[-1]
+        name = path.rpartition("/")[2]
         if "." in name and not name.endswith("."):
-            url["extension"] = name.rsplit(".", 1)[1]
+            url["extension"] = name.rpartition(".")[2]
     if query is not None:
         url["query"] = query
     if host and path is not None:
@@ -948,11 +1017,11 @@ def _url_fields(event: Event, fields: dict[str, Any]) -> None:
         url["full"] = f"{scheme}://{authority}{path}" + (f"?{query}" if query is not None else "")
     event["url"] = url
     event["method"] = method
-    event["path"] = path if path is not None else target
-    event["query"] = f"{method} {event['path']}"
+    event_path = event["path"] = path if path is not None else target
+    event["query"] = f"{method} {event_path}"
     if host:
         related = event["related"]
-        if _is_ip(host):
+        if address:
             if host not in related["ip"]:
                 related["ip"].append(host)
         else:
@@ -960,23 +1029,32 @@ def _url_fields(event: Event, fields: dict[str, Any]) -> None:
             related["hosts"] = [host]
 
 
-def _split_host(authority: str) -> tuple[str, int]:
-    """Host and port (0 when none) of a Host header or an authority; IPv6 brackets removed."""
+def _split_host(authority: str) -> tuple[str, int, bool]:
+    """Host and port (0 when none) of a Host header or an authority, IPv6 brackets removed, and
+    whether the host is an IP address (cached for short values: hosts repeat from request to request)."""
+    if len(authority) > MAX_CACHED_HOST:
+        return _host_parts(authority)
+    return _cached_host_parts(authority)
+
+
+def _host_parts(authority: str) -> tuple[str, int, bool]:
     authority = authority.strip()
     if _is_ip(authority):
-        return authority, 0
+        return authority, 0, True
     host, colon, port_text = authority.rpartition(":")
     port = int(port_text) if colon and _PORT.fullmatch(port_text) else 0
     if not 0 < port < 65536:
         host, port = authority, 0
     if host.startswith("[") and host.endswith("]") and _is_ip(host[1:-1]):
-        host = host[1:-1]
-    return host, port
+        return host[1:-1], port, True
+    return host, port, _is_ip(host)
 
 
-@functools.lru_cache(maxsize=4096)
+_cached_host_parts = functools.lru_cache(maxsize=4096)(_host_parts)
+
+
 def _is_ip(text: str) -> bool:
-    """Whether ``text`` is an IP address (cached: hosts repeat, and a failed parse costs two exceptions)."""
+    """Whether ``text`` is an IP address."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
