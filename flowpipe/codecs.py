@@ -14,7 +14,7 @@ import orjson
 
 from .event import Event
 
-__all__ = ["CODECS", "encode_batch"]
+__all__ = ["CODECS", "encode_batch", "encode_records"]
 
 
 def _fallback(value: Any) -> Any:
@@ -36,8 +36,19 @@ def _pretty(event: Event) -> bytes:
 CODECS: dict[str, Callable[[Event], bytes]] = {"json": _json, "pretty": _pretty}
 """Event codecs by name: each turns one event into bytes (without the trailing newline)."""
 
+_LINE_OPTIONS = {
+    "json": orjson.OPT_APPEND_NEWLINE,
+    "pretty": orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
+}
+"""orjson's options for each codec's records, newline included (no copy of each record to add it)."""
+
+
+def encode_records(events: list[Event], codec: str = "json") -> list[bytes]:
+    """Each event as a newline-terminated record (an NDJSON line for ``json``)."""
+    dumps, option = orjson.dumps, _LINE_OPTIONS[codec]
+    return [dumps(event, default=_fallback, option=option) for event in events]
+
 
 def encode_batch(events: list[Event], codec: str = "json") -> bytes:
-    """Events as newline-terminated records (NDJSON for ``json``)."""
-    encode = CODECS[codec]
-    return b"".join([encode(event) + b"\n" for event in events])
+    """Events as newline-terminated records (NDJSON for ``json``), joined into one bytes object."""
+    return b"".join(encode_records(events, codec))

@@ -475,7 +475,7 @@ class _OutputRunner:
                 else:
                     self._pass(abort)
                 continue
-            if limit and len(batch) < limit:
+            if limit and len(batch) < limit and not isinstance(batch, PacketBatch):  # packets: as they are
                 batch, ended = self._gather(list(batch), limit, wait)
             self._deliver(batch, abort)
             dirty = True

@@ -54,7 +54,7 @@ from flowpipe import (
     Str,
     hookimpl,
 )
-from flowpipe.codecs import encode_batch
+from flowpipe.codecs import encode_records
 
 _DATE_PATTERN = re.compile(r"%\{\+([^}]*)\}")
 _JODA_TOKEN = re.compile(r"([A-Za-z])\1*")
@@ -211,14 +211,14 @@ class FileOutput(Output):
     def write(self, events: list[Event] | PacketBatch) -> int | None:
         if isinstance(events, PacketBatch):
             return self._write_packets(events)
-        codec = self.config.codec
-        data = encode_batch(events, codec)
+        records = encode_records(events, self.config.codec)
+        data = b"".join(records)
         try:
             self._ensure_open()
             limit = self.config.rotate_every
             if limit and self._size + len(data) > limit:  # rotate between events, not inside a batch's bytes
-                for event in events:
-                    self._append(encode_batch([event], codec))
+                for record in records:
+                    self._append(record)
             else:
                 self._append(data)
             if time.monotonic() >= self._flush_due:

@@ -4,10 +4,17 @@ Each event becomes one message: the value from ``codec``, the topic from the ``t
 string (``flowpipe-%{[event.dataset]}``) and an optional key from ``key``
 (``%{[network.community_id]}``: every message of a flow lands in the same partition).
 
-Delivery: :meth:`KafkaOutput.write` produces a batch, sends it at once (a pipeline batch is the
-unit of sending, so ``linger.ms`` does not delay it) and waits for the delivery report of every
-message, at most ``delivery_timeout`` (librdkafka's ``message.timeout.ms``).
-An event counts as shipped only on a successful delivery report. Events whose delivery failed
+Delivery: :meth:`KafkaOutput.write` produces a batch, sends what is left of it at once at its end
+(``linger.ms``, 50 by default, only groups messages within a write) and waits until every message
+was delivered or reported failed, at most ``delivery_timeout`` (librdkafka's
+``message.timeout.ms``). While a write waits, the pipeline queues the next batches; the next write
+takes all of them at once (up to 16,384 events, without waiting for more), so the wait for a
+write's last reports is paid once for many batches (packets, pycapa, go batch by batch).
+The producer reports failed deliveries only (``delivery.report.only.error``; a report for every
+message cost more than the rest of the output's work per message): a message that left the
+producer without a failure report was delivered, and each failure report is matched back to an
+item of the write with its topic, key and value (equal messages are interchangeable).
+An event counts as shipped only once it was delivered. Events whose delivery failed
 for a reason that may pass (broker down, timeout, leader change) are handed back to the pipeline
 with ``OutputError(remaining=...)``: it backs off and retries only those, while the bounded queue
 in front of this output holds back the rest (backpressure up to the input, or drops counted as
@@ -38,8 +45,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -98,7 +104,11 @@ PERMANENT_ERRORS = frozenset(
 )
 """Delivery errors that a retry cannot fix: the event is rejected. Every other error is retried."""
 
-_PENDING, _DELIVERED, _RETRY, _REJECTED = 0, 1, 2, 3
+WRITE_EVENTS = 16_384
+"""Most events of one write: the batches queued while a write waits are joined into the next one."""
+LINGER_MS = 50
+"""librdkafka's ``linger.ms``: each write ends by sending what is left at once, so lingering only
+makes larger message sets within a write (fewer requests: less work for client and broker)."""
 _WAIT_SLICE = 0.2
 """Longest single wait for delivery reports, so that a closing output is noticed quickly."""
 _GRACE = 5.0
@@ -120,41 +130,67 @@ class Acks(OptionType):
         return "all" if value in ("all", -1, "-1") else str(value)
 
 
+Outgoing = tuple[int, str, str | bytes | None, bytes, int]
+"""One message to produce: the index of its item, topic, key, value, partition (-1: from the key)."""
+
+
 class _Outcome:
-    """What became of each message of one write: pending, delivered, to retry or rejected."""
+    """The messages of one write that were not delivered: to retry or rejected, by item index.
 
-    __slots__ = ("pending", "reasons", "retry_reason", "state")
+    Failures found while producing are settled at once; librdkafka's failure reports (``reports``,
+    filled by the producer's delivery callback) name a message, not an index, and are matched to
+    the items by :meth:`match` once the write's messages have all left the producer.
+    """
 
-    def __init__(self, count: int) -> None:
-        self.state = bytearray(count)  # _PENDING
-        self.pending = count
+    __slots__ = ("reasons", "rejected", "reports", "retry", "retry_reason", "unsettled")
+
+    def __init__(self) -> None:
+        self.retry: list[int] = []
+        self.rejected: list[int] = []
         self.reasons: dict[str, int] = {}
-        """Why events were rejected, and how many for each reason."""
+        """Why items were rejected, and how many for each reason."""
         self.retry_reason = "no delivery report in time"
+        self.reports: list[tuple[KafkaError, Message]] = []
+        """librdkafka's failure reports not yet matched to items."""
+        self.unsettled = False
+        """Whether some messages' fate is unknown (still in the producer, or a report matched no
+        item): then every item not rejected is retried."""
 
-    def settle(self, index: int, outcome: int, reason: str = "") -> None:
-        if self.state[index] != _PENDING:
-            return
-        self.state[index] = outcome
-        self.pending -= 1
-        if outcome == _REJECTED:
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        elif outcome == _RETRY and reason:
-            self.retry_reason = reason
+    def refuse(self, index: int, reason: str) -> None:
+        """Item ``index`` is rejected for good."""
+        self.rejected.append(index)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def defer(self, index: int, reason: str) -> None:
+        """Item ``index`` is to be retried."""
+        self.retry.append(index)
+        self.retry_reason = reason
 
     def failed(self, index: int, error: KafkaError) -> None:
         permanent = error.code() in PERMANENT_ERRORS and not error.fatal()
-        self.settle(index, _REJECTED if permanent else _RETRY, error.str())
+        (self.refuse if permanent else self.defer)(index, error.str())
 
-    def report(self, index: int, error: KafkaError | None, _message: Message) -> None:
-        """librdkafka's delivery report of message ``index``."""
-        if error is None:
-            self.settle(index, _DELIVERED)
-        else:
-            self.failed(index, error)
+    def match(self, messages: Iterator[Outgoing]) -> None:
+        """Settle the items of the failure reports, given the write's messages produced again."""
+        if not self.reports:
+            return
+        failures: dict[tuple[str | None, bytes | None, bytes | None], list[KafkaError]] = {}
+        for error, message in self.reports:
+            failures.setdefault((message.topic(), message.key(), message.value()), []).append(error)
+        self.reports = []
+        for index, topic, key, value, _partition in messages:
+            errors = failures.get((topic, key.encode() if isinstance(key, str) else key, value))
+            if errors:
+                self.failed(index, errors.pop())
+        if any(failures.values()):
+            self.unsettled = True
 
-    def count(self, outcome: int) -> int:
-        return self.state.count(outcome)
+    def to_retry(self, count: int) -> list[int]:
+        """The indices of the items to hand back, in order, of a write of ``count`` items."""
+        if not self.unsettled:
+            return sorted(self.retry)
+        rejected = set(self.rejected)
+        return [index for index in range(count) if index not in rejected]
 
 
 class KafkaOutput(Output):
@@ -247,6 +283,8 @@ class KafkaOutput(Output):
         self._writing = threading.Lock()
         self._fatal: KafkaError | None = None
         self._interrupted: _Outcome | None = None
+        self._outcome = _Outcome()
+        """What became of the messages of the write in progress (or of the last one)."""
         self._encode = VALUE_CODECS[self.config.codec]
         self._librdkafka_log = LibrdkafkaLog(logging.getLogger(f"{self.context.log.name}.librdkafka"))
         self._producer_settings = self.producer_settings()
@@ -268,6 +306,8 @@ class KafkaOutput(Output):
                 "max.in.flight.requests.per.connection": config.max_in_flight,
                 "message.timeout.ms": timeout_ms,
                 "request.timeout.ms": min(timeout_ms, 30_000),
+                "delivery.report.only.error": True,
+                "linger.ms": LINGER_MS,
             }
         )
         settings.update(config.settings)
@@ -277,7 +317,16 @@ class KafkaOutput(Output):
         self._fatal = None
         self._partitions: dict[str, int] = {}
         """Partition count of each topic packets were sent to, as this producer learnt it."""
-        return Producer(self._producer_settings, error_cb=self._on_error, logger=self._librdkafka_log)
+        return Producer(
+            {**self._producer_settings, "on_delivery": self._on_delivery},
+            error_cb=self._on_error,
+            logger=self._librdkafka_log,
+        )
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        """librdkafka's delivery report: kept for the write in progress when the delivery failed."""
+        if error is not None:
+            self._outcome.reports.append((error, message))
 
     def _on_error(self, error: KafkaError) -> None:
         """librdkafka's errors outside delivery reports (brokers down, fatal producer errors)."""
@@ -289,6 +338,11 @@ class KafkaOutput(Output):
 
     # -- writing -------------------------------------------------------------------------------
 
+    def batching(self) -> tuple[int, float]:
+        """Events queued while a write waits are joined into the next write, up to
+        :data:`WRITE_EVENTS` (packets, pycapa, are written batch by batch)."""
+        return (0, 0.0) if self.config.codec in PACKET_CODECS else (WRITE_EVENTS, 0.0)
+
     def write(self, events: list[Event] | PacketBatch) -> int | None:
         with self._writing:
             if self._closing.is_set():
@@ -297,19 +351,16 @@ class KafkaOutput(Output):
                 self._producer = self._new_producer()
                 self.context.counters.add("producer_restarts")
             producer = self._producer
-            outcome = _Outcome(len(events))
-            packets = isinstance(events, PacketBatch)
-            if packets:
-                self._produce_packets(producer, events, outcome)
-            else:
-                self._produce_all(producer, events, outcome)
+            outcome = self._outcome = _Outcome()
+            self._produce_all(producer, self._messages(producer, events, outcome), outcome)
             self._await(producer, outcome)
             if self._closing.is_set():  # the pipeline gave up on this write; close() reports on it
                 self._interrupted = outcome
                 raise OutputError("shutdown while waiting for delivery reports")
-            retry = [index for index, state in enumerate(outcome.state) if state in (_RETRY, _PENDING)]
-            rejected = outcome.count(_REJECTED)
-            items = "packets" if packets else "events"
+            outcome.match(self._messages(producer, events, None))
+            retry = outcome.to_retry(len(events))
+            rejected = len(outcome.rejected)
+            items = "packets" if isinstance(events, PacketBatch) else "events"
             if rejected:
                 self.context.errors.error(
                     "rejected",
@@ -328,18 +379,27 @@ class KafkaOutput(Output):
                 rejected=rejected,
             )
 
-    def _produce_all(self, producer: Producer, events: list[Event], outcome: _Outcome) -> None:
+    def _messages(
+        self, producer: Producer, items: list[Event] | PacketBatch, outcome: _Outcome | None
+    ) -> Iterator[Outgoing]:
+        """The messages of ``items``; those that cannot be made are refused in ``outcome`` (None: the
+        messages are made again to match failure reports, and skipped silently)."""
+        if isinstance(items, PacketBatch):
+            return self._packet_messages(producer, items, outcome)
+        return self._event_messages(items, outcome)
+
+    def _event_messages(self, events: list[Event], outcome: _Outcome | None) -> Iterator[Outgoing]:
         topic_template: Template = self.config.topic
         static_topic = topic_template.text if topic_template.is_static else None
         key_template: Template | None = self.config.key
         encode = self._encode
-        report = outcome.report
         unkeyed = 0
         for index, event in enumerate(events):
             try:
                 topic = static_topic or topic_template.render(event)
             except MissingFieldError as error:
-                outcome.settle(index, _REJECTED, f"no topic: {error}")
+                if outcome is not None:
+                    outcome.refuse(index, f"no topic: {error}")
                 continue
             key = None
             if key_template is not None:
@@ -350,29 +410,29 @@ class KafkaOutput(Output):
             try:
                 value = encode(event)
             except TypeError as error:  # orjson: a value or key it cannot serialise
-                outcome.settle(index, _REJECTED, f"cannot encode: {error}")
+                if outcome is not None:
+                    outcome.refuse(index, f"cannot encode: {error}")
                 continue
-            self._produce(producer, outcome, index, topic, key, value, partial(report, index))
-        if unkeyed:
+            yield index, topic, key, value, -1
+        if unkeyed and outcome is not None:
             self.context.counters.add("unkeyed", unkeyed)
 
-    def _produce_packets(self, producer: Producer, batch: PacketBatch, outcome: _Outcome) -> None:
+    def _packet_messages(
+        self, producer: Producer, batch: PacketBatch, outcome: _Outcome | None
+    ) -> Iterator[Outgoing]:
         """pycapa: key = capture time in microseconds, value = the frame, partition from the flow hash."""
         topic = self.config.topic.text
         partitions = self._partition_count(producer, topic)
         link_type = batch.link_type
         encode = self._encode
-        report = outcome.report
         for index, (timestamp, frame) in enumerate(zip(batch.timestamps, batch.frames, strict=False)):
             try:
                 key = pycapa_key(timestamp)
             except struct.error:
-                outcome.settle(index, _REJECTED, "capture time out of pycapa's range")
+                if outcome is not None:
+                    outcome.refuse(index, "capture time out of pycapa's range")
                 continue
-            partition = flow_hash(frame, link_type) % partitions
-            self._produce(
-                producer, outcome, index, topic, key, encode(frame), partial(report, index), partition
-            )
+            yield index, topic, key, encode(frame), flow_hash(frame, link_type) % partitions
 
     def _partition_count(self, producer: Producer, topic: str) -> int:
         """The number of partitions of ``topic``, asked of the cluster once per producer."""
@@ -394,42 +454,46 @@ class KafkaOutput(Output):
             time.sleep(_WAIT_SLICE)
         raise OutputError(f"cannot learn the partitions of topic {topic!r}: {problem}")
 
-    def _produce(
-        self,
-        producer: Producer,
-        outcome: _Outcome,
-        index: int,
-        topic: str,
-        key: str | bytes | None,
-        value: bytes,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-        partition: int = -1,
-    ) -> None:
-        """Queue one message (``partition`` -1: librdkafka's partitioner chooses from the key)."""
-        while True:
+    def _produce_all(self, producer: Producer, messages: Iterator[Outgoing], outcome: _Outcome) -> None:
+        produce = producer.produce
+        for index, topic, key, value, partition in messages:
             try:
-                producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+                produce(topic, value, key, partition)
+            except BufferError:  # librdkafka's local queue is full
+                self._produce_when_full(producer, outcome, (index, topic, key, value, partition))
+            except KafkaException as error:
+                outcome.failed(index, error.args[0])
+
+    def _produce_when_full(self, producer: Producer, outcome: _Outcome, message: Outgoing) -> None:
+        """Serve reports to make room in librdkafka's queue until ``message`` fits in."""
+        index, topic, key, value, partition = message
+        while True:
+            if self._closing.is_set() or self._fatal is not None:
+                outcome.defer(index, "the producer's queue is full")
                 return
-            except BufferError:  # librdkafka's local queue is full: serve reports to make room
-                if self._closing.is_set() or self._fatal is not None:
-                    outcome.settle(index, _RETRY, "the producer's queue is full")
-                    return
-                producer.poll(_WAIT_SLICE)
+            producer.poll(_WAIT_SLICE)
+            try:
+                producer.produce(topic, value, key, partition)
+                return
+            except BufferError:
+                continue
             except KafkaException as error:
                 outcome.failed(index, error.args[0])
                 return
 
     def _await(self, producer: Producer, outcome: _Outcome) -> None:
-        """Wait for every report of ``outcome``, at most ``delivery_timeout`` plus a grace period."""
+        """Wait until every message left the producer, at most ``delivery_timeout`` plus a grace period."""
         deadline = time.monotonic() + self.config.delivery_timeout + _GRACE
-        while outcome.pending and not self._closing.is_set() and self._fatal is None:
+        waiting = len(producer)
+        while waiting and not self._closing.is_set() and self._fatal is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            producer.flush(min(left, _WAIT_SLICE))  # sends at once, whatever linger.ms, and serves reports
-        if outcome.pending and not self._closing.is_set():
+            waiting = producer.flush(min(left, _WAIT_SLICE))  # sends at once, whatever linger.ms
+        if waiting and not self._closing.is_set():
             producer.purge()
-            producer.flush(_WAIT_SLICE)  # the purged messages' reports: retried
+            if producer.flush(_WAIT_SLICE):  # the purged messages' reports: retried
+                outcome.unsettled = True
 
     def _retire(self, producer: Producer) -> None:
         """Drop a producer after failed deliveries; the next write starts a new one."""
@@ -448,25 +512,33 @@ class KafkaOutput(Output):
             producer, self._producer = self._producer, None
             if producer is None:
                 return
-            outcome = self._interrupted
-            if outcome is not None and outcome.pending:
-                waiting, before = outcome.pending, outcome.count(_DELIVERED)
-                producer.flush(self.config.flush_timeout)
-                delivered = outcome.count(_DELIVERED) - before
-                self.context.log.warning(
-                    "kafka output %r: shutdown interrupted a write with %d messages awaiting delivery: "
-                    "%d delivered within flush_timeout (%g s) although counted undelivered, %d not delivered",
-                    self.context.id,
-                    waiting,
-                    delivered,
-                    self.config.flush_timeout,
-                    waiting - delivered,
-                )
+            if self._interrupted is not None:
+                self._report_interrupted(producer, self._interrupted)
             if len(producer):
                 producer.purge()
                 producer.flush(_WAIT_SLICE)
         finally:
             self._writing.release()
+
+    def _report_interrupted(self, producer: Producer, outcome: _Outcome) -> None:
+        """Give the messages of the write that shutdown interrupted ``flush_timeout`` to be delivered,
+        and say how many were (the pipeline counted them all undelivered)."""
+        producer.poll(0)  # the reports and errors already in served: the producer holds messages only
+        waiting, failed = len(producer), len(outcome.reports)
+        if not waiting:
+            return
+        producer.flush(self.config.flush_timeout)
+        producer.poll(0)
+        delivered = max(0, waiting - len(producer) - (len(outcome.reports) - failed))
+        self.context.log.warning(
+            "kafka output %r: shutdown interrupted a write with %d messages awaiting delivery: "
+            "%d delivered within flush_timeout (%g s) although counted undelivered, %d not delivered",
+            self.context.id,
+            waiting,
+            delivered,
+            self.config.flush_timeout,
+            waiting - delivered,
+        )
 
 
 def _subset(items: list[Event] | PacketBatch, indices: list[int]) -> list[Event] | PacketBatch:

@@ -3,12 +3,14 @@
 What is checked: every event arrives as the ``file`` output writes it (byte for byte), on the
 topic its dataset names and keyed by its flow's Community ID (one partition per flow, in order);
 refused events (too large, no topic, invalid topic, not serialisable) are rejected and counted,
-events without a key field go unkeyed; every compression works; the librdkafka settings follow
+events without a key field go unkeyed; each failure report of the broker settles one event of its
+message, equal events one each; every compression works; the librdkafka settings follow
 the options; bad settings fail at check or start with one line. Faults: a broker that is down at
 start and comes up 10 s later gets every event while backpressure holds the input back; a broker
 replaced by a fresh, empty one mid-run gets every event again (duplicates are allowed and
 counted); with a second output beside a dead Kafka, the queue policy decides whether the other
-output keeps receiving, and the summary says what each one shipped and what was undelivered.
+output keeps receiving, and the summary says what each one shipped and what was undelivered (a
+write joins the batches queued when it begins, so how many it holds varies by a few batches).
 
 The pipelines run ``flowpipe run`` in a subprocess with the test plugin ``counting_events`` of
 tests/fixtures/runtime_plugins (events whose ``event.sequence`` is 0, 1, 2...) or the sample
@@ -56,10 +58,14 @@ FAST_RETRIES = {"delivery_timeout": "1s", "backoff": {"init": "100ms", "max": "5
 """Kafka output options for fault tests: a dead broker fails a write within a second."""
 STUCK = {"delivery_timeout": "5s", "flush_timeout": "1s"}
 """Kafka output options for tests that shut down within 5 s: the first write is still waiting."""
-INTERRUPTED = (
-    "kafka output 'kafka': shutdown interrupted a write with 100 messages awaiting delivery: "
-    "0 delivered within flush_timeout (1 s) although counted undelivered, 100 not delivered"
-)
+
+
+def interrupted(count: int) -> str:
+    """The kafka output's warning at shutdown after a write of ``count`` events to a dead broker."""
+    return (
+        f"kafka output 'kafka': shutdown interrupted a write with {count} messages awaiting delivery: "
+        f"0 delivered within flush_timeout (1 s) although counted undelivered, {count} not delivered"
+    )
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -230,6 +236,29 @@ def test_refused_events_are_rejected_and_events_without_key_go_unkeyed(
     ]
 
 
+def test_failure_reports_are_matched_to_their_events_equal_messages_one_each(
+    tmp_path: Path, kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """librdkafka reports failed deliveries only, naming the message: each report settles one event
+    of the write with that topic, key and value (two equal events: two reports, two events)."""
+    kafka_broker.create_topic("flowpipe-dns")
+    output = make_output(tmp_path, hosts=[kafka_broker.address], topic="flowpipe-%{[event.dataset]}")
+    good, bad = {"event": {"dataset": "dns"}, "n": 0}, {"event": {"dataset": "no such"}, "n": 1}
+    events = [good, bad, {"event": {"dataset": "dns"}, "n": 2}, dict(bad), dict(good), {**bad, "n": 5}]
+    output.open()
+    try:
+        with caplog.at_level(logging.ERROR, "flowpipe.kafka"):
+            assert output.write(events) == 3
+    finally:
+        output.close()
+    assert [record.getMessage() for record in caplog.records] == [
+        "kafka output 'kafka': 3 events refused for good: Broker: Invalid topic (3)"
+    ]
+    with Collector(kafka_broker, ["flowpipe-dns"]) as collector:
+        collector.wait_until_drained()
+    assert sorted(json.loads(m.value)["n"] for m in collector.messages) == [0, 0, 2]
+
+
 @pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
 def test_every_compression_delivers_the_events(
     tmp_path: Path, kafka_broker: KafkaBroker, compression: str
@@ -268,6 +297,7 @@ def test_librdkafka_settings_from_the_options(tmp_path: Path) -> None:
         "max.in.flight.requests.per.connection": 5,
         "message.timeout.ms": 45000,
         "request.timeout.ms": 30000,
+        "delivery.report.only.error": True,
         "security.protocol": "sasl_ssl",
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "flowpipe",
@@ -334,10 +364,13 @@ def test_broker_down_at_start_and_up_10_s_later_gets_every_event(
         began = time.monotonic()
         # backpressure: the input is held back by the bounded queues, nothing is dropped
         held = wait_until_still(lambda: (scrape(metrics_port) or {}).get(read, -1), quiet=1.0)
-        # queued: 4 batches before the worker and 4 before the output; in hand: the batch being
-        # written, the one the worker is putting and the one the input is putting
-        assert held == (4 + 4 + 3) * 100
         counters = scrape(metrics_port) or {}
+        # in hand: the write (its first batch and those queued behind it then, joined), the batch the
+        # worker is putting and the one the input is putting; queued: 4 before the worker and 4
+        # before the output
+        writing = counters[items("output", "kafka", "in")]
+        assert writing in (100, 200, 300, 400, 500)
+        assert held == (4 + 4 + 2) * 100 + writing
         assert items("output", "kafka", "out") not in counters, "nothing was shipped"
         assert not any(series.startswith("flowpipe_dropped_total") for series in counters)
         time.sleep(max(0.0, began + 10 - time.monotonic()))
@@ -460,24 +493,32 @@ def test_with_kafka_down_the_file_output_gets_what_the_block_policy_lets_through
     stderr = stderr_of(config)
     assert process.returncode == 1, stderr
     stages = parse_summary(stderr)
-    # kafka's write holds one batch, its queue two; the worker, blocked putting a fourth there
-    # (it went to the file first), holds back the input: the file got those 4 batches, no more
-    assert written == 400
+    # kafka's one write holds the batches its queue had when it began (it joins them), the queue two
+    # more; the worker, blocked putting the next there (it went to the file first), holds back the
+    # input: the file got those batches, no more
+    writing = stages[("output", "kafka")]["in"]
+    assert writing in (100, 200, 300)
+    assert written == writing + 300
     assert events.read_bytes().count(b"\n") == written
-    assert stages[("output", "file")] == {"in": 400, "out": 400}
-    assert stages[("queue", "to-kafka")] == {"in": 400, "out": 100, "dropped.undelivered": 300}
+    assert stages[("output", "file")] == {"in": written, "out": written}
+    assert stages[("queue", "to-kafka")] == {"in": written, "out": writing, "dropped.undelivered": 300}
     # its one write waited until shutdown interrupted it (that raise counts as a retry)
-    assert stages[("output", "kafka")] == {"in": 100, "out": 0, "retries": 1, "dropped.undelivered": 100}
+    assert stages[("output", "kafka")] == {
+        "in": writing,
+        "out": 0,
+        "retries": 1,
+        "dropped.undelivered": writing,
+    }
     # the input read 3 batches more (two queued, one being put) that never reached the worker
-    assert stages[("input", "counting_events")] == {"out": 700}
-    assert stages[("queue", "inputs")] == {"in": 700, "out": 400, "dropped.undelivered": 300}
+    assert stages[("input", "counting_events")] == {"out": written + 300}
+    assert stages[("queue", "inputs")] == {"in": written + 300, "out": written, "dropped.undelivered": 300}
     assert_ledgers_add_up(stages)
     assert failures(stderr) == [
-        "shutdown timeout (1 s) reached: 700 queued or in-flight items were not delivered "
+        f"shutdown timeout (1 s) reached: {writing + 600} queued or in-flight items were not delivered "
         "(dropped.undelivered)"
     ]
     # the write the pipeline gave up on was given flush_timeout, in vain
-    assert [line for line in stderr.splitlines() if line.endswith(INTERRUPTED)] != []
+    assert [line for line in stderr.splitlines() if line.endswith(interrupted(writing))] != []
 
 
 @pytest.mark.slow
@@ -505,18 +546,26 @@ def test_with_kafka_down_and_on_full_drop_the_file_output_gets_everything(
     stages = parse_summary(result.stderr)
     assert stages[("output", "file")] == {"in": total, "out": total}
     assert (tmp_path / "events.ndjson").read_bytes().count(b"\n") == total
-    # kafka took one batch and kept retrying it; its queue held two more and dropped the rest
+    # kafka's one write took the batches queued when it began (joined) and kept waiting; its queue
+    # held two more and dropped the rest
+    writing = stages[("output", "kafka")]["in"]
+    assert writing in (100, 200, 300)
     assert stages[("queue", "to-kafka")] == {
         "in": total,
-        "out": 100,
-        "dropped.queue_full": total - 300,
+        "out": writing,
+        "dropped.queue_full": total - writing - 200,
         "dropped.undelivered": 200,
     }
     # its one write waited until shutdown interrupted it (that raise counts as a retry)
-    assert stages[("output", "kafka")] == {"in": 100, "out": 0, "retries": 1, "dropped.undelivered": 100}
+    assert stages[("output", "kafka")] == {
+        "in": writing,
+        "out": 0,
+        "retries": 1,
+        "dropped.undelivered": writing,
+    }
     assert_ledgers_add_up(stages)
     assert failures(result.stderr) == [
-        "shutdown timeout (1 s) reached: 300 queued or in-flight items were not delivered "
+        f"shutdown timeout (1 s) reached: {writing + 200} queued or in-flight items were not delivered "
         "(dropped.undelivered)"
     ]
-    assert [line for line in result.stderr.splitlines() if line.endswith(INTERRUPTED)] != []
+    assert [line for line in result.stderr.splitlines() if line.endswith(interrupted(writing))] != []
