@@ -97,6 +97,7 @@ RCODES = {
     23: "BADCOOKIE",
 }  # fmt: skip
 FLAG_NAMES = (("AA", AA), ("TC", TC), ("RD", RD), ("RA", RA), ("AD", AD), ("CD", CD))
+FLAG_BITS = AA | TC | RD | RA | AD | CD
 
 NOTE_QUESTION_MISMATCH = "the response's question differs from the query's"
 NOTE_EDNS_MISSING = "the query used EDNS but the response does not"
@@ -1003,26 +1004,18 @@ class DnsAnalyzer(TcpAnalyzer):
                 event.setdefault("notes", []).extend(notes)
 
     def _dns_fields(self, message: DnsMessage, kind: str) -> dict[str, Any]:
-        flags = message.flags
-        header_flags = [name for name, bit in FLAG_NAMES if flags & bit]
-        if message.opt is not None and message.opt["do"]:
-            header_flags.append("DO")
+        flags, header_flags = _flag_fields(message.flags & FLAG_BITS)
         dns: dict[str, Any] = {
             "type": kind,
             "id": message.id,
             "op_code": opcode_name(message.opcode),
-            "flags": {
-                "authoritative": bool(flags & AA),
-                "truncated_response": bool(flags & TC),
-                "recursion_desired": bool(flags & RD),
-                "recursion_available": bool(flags & RA),
-                "authentic_data": bool(flags & AD),
-                "checking_disabled": bool(flags & CD),
-            },
+            "flags": flags.copy(),
             "response_code": rcode_name(message.rcode),
         }
-        if header_flags:
-            dns["header_flags"] = header_flags
+        if message.opt is not None and message.opt["do"]:
+            dns["header_flags"] = [*header_flags, "DO"]
+        elif header_flags:
+            dns["header_flags"] = header_flags.copy()
         if message.question is not None:
             name, qtype, qclass = message.question
             question = {"name": name, "type": type_name(qtype), "class": class_name(qclass)}
@@ -1048,6 +1041,27 @@ class DnsAnalyzer(TcpAnalyzer):
         if self.config.include_additionals and message.additionals:
             dns["additionals"] = message.additionals
         return dns
+
+
+_FLAG_FIELDS: dict[int, tuple[dict[str, bool], list[str]]] = {}
+
+
+def _flag_fields(bits: int) -> tuple[dict[str, bool], list[str]]:
+    """``dns.flags`` and the ``header_flags`` names (without DO) of the header's flag ``bits``.
+
+    Remembered per combination (at most 64): callers copy them into their event."""
+    fields = _FLAG_FIELDS.get(bits)
+    if fields is None:
+        flags = {
+            "authoritative": bool(bits & AA),
+            "truncated_response": bool(bits & TC),
+            "recursion_desired": bool(bits & RD),
+            "recursion_available": bool(bits & RA),
+            "authentic_data": bool(bits & AD),
+            "checking_disabled": bool(bits & CD),
+        }
+        fields = _FLAG_FIELDS[bits] = (flags, [name for name, bit in FLAG_NAMES if bits & bit])
+    return fields
 
 
 def _pair_notes(query: DnsMessage, response: DnsMessage) -> list[str]:

@@ -85,7 +85,8 @@ MAX_CACHED_HOST = 300
 
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32} [^\x00-\x20\x7f]+ HTTP/1\.[0-9][\r\n]")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] [0-9]{3}[ \r\n]")
-_VERSION = re.compile(rb"HTTP/(1\.[0-9])")
+_VERSIONS = {f"HTTP/1.{digit}".encode(): f"1.{digit}" for digit in range(10)}
+"""The HTTP-version of a start line (``HTTP/1.x``) -> the event's ``http.version``."""
 _PORT = re.compile(r"[0-9]{1,5}")
 _ABSOLUTE_REST = re.compile(r"([^/?#]*)([^#]*)")
 """What follows ``scheme://`` in an absolute-form target: the authority, then path and query."""
@@ -539,8 +540,11 @@ class HttpParser:
                 raw += line[:room]
 
     def _content_length(self, value: bytes) -> None:
-        values = {item.strip(b" \t") for item in value.split(b",")}
-        length = values.pop() if len(values) == 1 else b""
+        if b"," in value:  # a list of one value repeated is that value (RFC 9110, 8.6)
+            values = {item.strip(b" \t") for item in value.split(b",")}
+            length = values.pop() if len(values) == 1 else b""
+        else:
+            length = value.strip(b" \t")
         valid = length.isdigit() and len(length) <= MAX_LENGTH_DIGITS
         if not valid or (self.content_length is not None and int(length) != self.content_length):
             self.content_length = -1  # invalid: the message cannot be framed
@@ -685,26 +689,26 @@ def _request_line(text: bytes) -> dict[str, Any] | None:
     if first <= 0 or last <= first + 1:
         return None
     method = text[:first]
-    version = _VERSION.fullmatch(text[last + 1 :])
+    version = _VERSIONS.get(text[last + 1 :])
     if version is None or not TOKEN_CHARS.issuperset(method):
         return None
     return {
         "method": method.decode("ascii"),
         "target": text[first + 1 : last].decode("utf-8", "replace"),
-        "version": version.group(1).decode("ascii"),
+        "version": version,
     }
 
 
 def _status_line(text: bytes) -> dict[str, Any] | None:
     """``HTTP/1.x SP NNN [SP reason]``."""
-    version = _VERSION.match(text)
+    version = _VERSIONS.get(text[:8])
     if version is None or text[8:9] != b" ":
         return None
     code = text[9:12]
     if len(code) != 3 or not code.isdigit() or code[0] == 0x30 or text[12:13] not in (b"", b" "):
         return None
     return {
-        "version": version.group(1).decode("ascii"),
+        "version": version,
         "status_code": int(code),
         "status_phrase": text[13:].strip(b" \t").decode("utf-8", "replace"),
     }
@@ -841,7 +845,9 @@ class HttpAnalyzer(TcpAnalyzer):
         if state is None:
             state = HttpConnection(self.settings)
         parser = state.client if direction == TO_SERVER else state.server
-        self._hand_over(flow, parser.feed(packet.data, packet.timestamp, packet.from_client))
+        finished = parser.feed(packet.data, packet.timestamp, packet.from_client)
+        if finished:  # most segments (body parts) finish nothing
+            self._hand_over(flow, finished)
         return state
 
     def on_fin(self, flow: FlowInfo, direction: int, state: HttpConnection | None) -> HttpConnection | None:

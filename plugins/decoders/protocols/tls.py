@@ -47,11 +47,11 @@ from flowpipe.transactions import NOTE_CLOSED
 
 from .tls_fingerprints import ja3, ja3s, ja4
 from .tls_hello import (
+    GREASE,
     Hello,
     MalformedHelloError,
     alpn_text,
     detailed_fields,
-    is_grease,
     parse_client_hello,
     parse_server_hello,
 )
@@ -74,6 +74,22 @@ NOTE_ALERT = "no ServerHello: the handshake ended with an alert"
 NOTE_NOT_ESTABLISHED = "the handshake was not completed"
 
 _RECORD = struct.Struct("!BBBH")
+
+
+def _skip_front(data: bytes, pending: int) -> tuple[bytes, int]:
+    """Leave out the first ``pending`` bytes, as far as ``data`` goes: (what is left, bytes still to skip)."""
+    skipped = min(pending, len(data))
+    return data[skipped:], pending - skipped
+
+
+def _pass_over(pos: int, end: int, size: int) -> tuple[int, int]:
+    """Step over a body of ``size`` bytes at ``pos`` of a buffer ending at ``end``.
+
+    Returns the position after it (``end`` when it goes past) and how many of its bytes are still to
+    come (to be skipped with :func:`_skip_front`)."""
+    if end - pos >= size:
+        return pos + size, 0
+    return end, size - (end - pos)
 
 
 class TlsStream:
@@ -219,9 +235,7 @@ class TlsConnection:
         stream.bytes += len(data)
         stream.from_client = from_client
         if stream.skip:
-            skipped = min(stream.skip, len(data))
-            stream.skip -= skipped
-            data = data[skipped:]
+            data, stream.skip = _skip_front(data, stream.skip)
         if not data:
             return
         buffer = stream.buffer
@@ -245,12 +259,7 @@ class TlsConnection:
                     self._alert(stream, body)
             else:
                 self._opaque(stream, kind)
-                available = end - pos - 5
-                if available >= length:
-                    pos += 5 + length
-                else:
-                    stream.skip = length - available
-                    pos = end
+                pos, stream.skip = _pass_over(pos + 5, end, length)
             stream.record_time = timestamp
         del buffer[:pos]
 
@@ -281,9 +290,7 @@ class TlsConnection:
 
     def _handshake(self, stream: TlsStream, body: bytes) -> None:
         if stream.handshake_skip:
-            skipped = min(stream.handshake_skip, len(body))
-            stream.handshake_skip -= skipped
-            body = body[skipped:]
+            body, stream.handshake_skip = _skip_front(body, stream.handshake_skip)
             if not body:
                 return
         messages = stream.handshake
@@ -297,12 +304,7 @@ class TlsConnection:
             if length > self.limit:
                 self.notes.append(f"message truncated at max_message_size ({self.limit} bytes)")
                 self.problems.append("truncated")
-                available = end - pos - 4
-                if available >= length:
-                    pos += 4 + length
-                else:
-                    stream.handshake_skip = length - available
-                    pos = end
+                pos, stream.handshake_skip = _pass_over(pos + 4, end, length)
                 continue
             if end - pos - 4 < length:
                 break
@@ -490,7 +492,10 @@ class TlsAnalyzer(TcpAnalyzer):
         client: dict[str, Any] = {}
         server: dict[str, Any] = {}
         details: dict[str, Any] = {}
+        client_print: tuple[str, str] | None = None
+        server_print: tuple[str, str] | None = None
         if server_hello is not None:
+            server_print = ja3s(server_hello)
             version = server_hello.negotiated_version
             tls["version"], tls["version_protocol"] = _ecs_version(version)
             tls["cipher"] = cipher_name(server_hello.ciphers[0])
@@ -499,7 +504,7 @@ class TlsAnalyzer(TcpAnalyzer):
                 tls["curve"] = group_name(curve)
             if server_hello.alpn:
                 tls["next_protocol"] = alpn_text(server_hello.alpn[0])
-            server["ja3s"] = ja3s(server_hello)[1]
+            server["ja3s"] = server_print[1]
             details["version"] = version_name(version)
         tls["established"] = state.established
         tls["resumed"] = method is not None
@@ -508,9 +513,10 @@ class TlsAnalyzer(TcpAnalyzer):
                 client["server_name"] = client_hello.server_names[0]
                 event["destination"]["domain"] = event["server"]["domain"] = client_hello.server_names[0]
             client["supported_ciphers"] = [
-                cipher_name(code) for code in client_hello.ciphers if not is_grease(code)
+                cipher_name(code) for code in client_hello.ciphers if code not in GREASE
             ]
-            client["ja3"] = ja3(client_hello)[1]
+            client_print = ja3(client_hello)
+            client["ja3"] = client_print[1]
             client["ja4"] = ja4(client_hello)
         if config.send_certificates:
             if state.server_stream is not None:
@@ -521,7 +527,7 @@ class TlsAnalyzer(TcpAnalyzer):
         if server:
             tls["server"] = server
         if config.include_detailed_fields:
-            tls["detailed"] = self._detailed(state, details, method)
+            tls["detailed"] = self._detailed(state, details, method, client_print, server_print)
         event["tls"] = tls
 
     def _certificates(
@@ -551,20 +557,28 @@ class TlsAnalyzer(TcpAnalyzer):
         if chain and self.config.include_raw_certificates:
             side["certificate_chain"] = [pem(der) for der in chain]
 
-    def _detailed(self, state: TlsConnection, details: dict[str, Any], method: str | None) -> dict[str, Any]:
+    def _detailed(
+        self,
+        state: TlsConnection,
+        details: dict[str, Any],
+        method: str | None,
+        client_print: tuple[str, str] | None,
+        server_print: tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        """Packetbeat's ``tls.detailed`` block; ``*_print``: the hellos' JA3 / JA3S ``(string, hash)``."""
         server = state.server_stream
         details["client_certificate_requested"] = server is not None and server.certificate_requested
         if method is not None:
             details["resumption_method"] = method
         if state.hello_retry:
             details["hello_retry_request"] = True
-        if state.client_hello is not None:
+        if state.client_hello is not None and client_print is not None:
             details["client_hello"] = detailed_fields(state.client_hello)
-            details["client_hello"]["ja3_string"] = ja3(state.client_hello)[0]
-        if state.server_hello is not None:
+            details["client_hello"]["ja3_string"] = client_print[0]
+        if state.server_hello is not None and server_print is not None:
             details["server_hello"] = detailed_fields(state.server_hello)
             details["server_hello"]["selected_cipher"] = cipher_name(state.server_hello.ciphers[0])
-            details["server_hello"]["ja3s_string"] = ja3s(state.server_hello)[0]
+            details["server_hello"]["ja3s_string"] = server_print[0]
         alerts = [
             {
                 "source": role,

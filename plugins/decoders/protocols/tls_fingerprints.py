@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .tls_hello import EXT_ALPN, EXT_SERVER_NAME, Hello, is_grease
+from .tls_hello import EXT_ALPN, EXT_SERVER_NAME, GREASE, Hello
 
 __all__ = ["ja3", "ja3s", "ja4"]
 
@@ -34,7 +34,7 @@ EMPTY_HASH = "000000000000"
 
 
 def _decimal(values: list[int]) -> str:
-    return "-".join(str(value) for value in values if not is_grease(value))
+    return "-".join([str(value) for value in values if value not in GREASE])
 
 
 def ja3(hello: Hello) -> tuple[str, str]:
@@ -74,17 +74,17 @@ def _alpn_chars(hello: Hello) -> str:
 
 def ja4(hello: Hello, transport: str = "t") -> str:
     """JA4 of a ClientHello (``transport``: ``t`` TLS over TCP, ``q`` QUIC, ``d`` DTLS)."""
-    ciphers = [value for value in hello.ciphers if not is_grease(value)]
-    extensions = [value for value in hello.extensions if not is_grease(value)]
-    versions = [value for value in hello.supported_versions if not is_grease(value)]
+    ciphers = [value for value in hello.ciphers if value not in GREASE]
+    extensions = [value for value in hello.extensions if value not in GREASE]
+    versions = [value for value in hello.supported_versions if value not in GREASE]
     version = JA4_VERSIONS.get(max(versions) if versions else hello.version, "00")
     sni = "d" if EXT_SERVER_NAME in extensions else "i"
     head = f"{transport}{version}{sni}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}"
-    cipher_hash = _sha12(",".join(sorted(f"{value:04x}" for value in ciphers))) if ciphers else EMPTY_HASH
-    hashed = sorted(f"{value:04x}" for value in extensions if value not in (EXT_SERVER_NAME, EXT_ALPN))
+    cipher_hash = _sha12(",".join(sorted([f"{value:04x}" for value in ciphers]))) if ciphers else EMPTY_HASH
+    hashed = sorted([f"{value:04x}" for value in extensions if value not in (EXT_SERVER_NAME, EXT_ALPN)])
     if hashed:
         text = ",".join(hashed)
-        algorithms = [f"{value:04x}" for value in hello.signature_algorithms if not is_grease(value)]
+        algorithms = [f"{value:04x}" for value in hello.signature_algorithms if value not in GREASE]
         if algorithms:
             text += "_" + ",".join(algorithms)
         extension_hash = _sha12(text)

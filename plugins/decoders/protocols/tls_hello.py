@@ -24,6 +24,7 @@ from .tls_names import (
 )
 
 __all__ = [
+    "GREASE",
     "HELLO_RETRY_RANDOM",
     "Hello",
     "MalformedHelloError",
@@ -50,6 +51,9 @@ EXT_KEY_SHARE = 51
 
 _U16 = struct.Struct("!H")
 
+GREASE = frozenset(0x0A0A + 0x1010 * index for index in range(16))
+"""The GREASE code points (RFC 8701: 0x0a0a, 0x1a1a, ..., 0xfafa); ``value in GREASE`` in loops."""
+
 
 class MalformedHelloError(ValueError):
     """A hello message whose structure does not hold."""
@@ -57,7 +61,7 @@ class MalformedHelloError(ValueError):
 
 def is_grease(value: int) -> bool:
     """Whether ``value`` is a GREASE code point (RFC 8701: 0x0a0a, 0x1a1a, ..., 0xfafa)."""
-    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+    return value in GREASE
 
 
 @dataclass(slots=True, eq=False)
@@ -142,10 +146,12 @@ class _Reader:
         return _Reader(self.data, start, start + size)
 
     def u16_list(self) -> list[int]:
-        values = []
-        while self.pos < self.end:
-            values.append(self.u16())
-        return values
+        """The rest as 16-bit values (a trailing odd byte is malformed)."""
+        start, end = self.pos, self.end
+        if (end - start) % 2:
+            raise MalformedHelloError(f"odd length {end - start} of a list of 16-bit values")
+        self.pos = end
+        return list(struct.unpack_from(f"!{(end - start) // 2}H", self.data, start))
 
     def u8_list(self) -> list[int]:
         start = self.pos
@@ -195,17 +201,20 @@ def _extensions(reader: _Reader, hello: Hello, parsers: dict[int, Callable[[_Rea
     if reader.more():
         raise MalformedHelloError("bytes after the extensions")
     seen = set()
+    body = extensions.data
     while extensions.more():
-        code = extensions.u16()
-        data = extensions.vector(2)
+        code = _U16.unpack_from(body, extensions.take(2))[0]
+        size = _U16.unpack_from(body, extensions.take(2))[0]
+        start = extensions.take(size)
         hello.extensions.append(code)
-        if is_grease(code):
+        if code in GREASE:
             continue
         parser = parsers.get(code)
         if parser is None or code in seen:
             hello.unparsed.append(code)
             continue
         seen.add(code)
+        data = _Reader(body, start, start + size)
         try:
             parser(data, hello)
             if data.more():
@@ -322,7 +331,7 @@ def alpn_text(protocol: bytes) -> str:
 
 
 def _names(values: list[int], name: Callable[[int], str]) -> list[str]:
-    return [name(value) for value in values if not is_grease(value)]
+    return [name(value) for value in values if value not in GREASE]
 
 
 def detailed_fields(hello: Hello) -> dict:
