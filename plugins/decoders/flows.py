@@ -43,8 +43,6 @@ FIN, no answer) and ``OTH`` (no SYN seen: picked up mid-stream).
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections import OrderedDict
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -52,7 +50,6 @@ from types import SimpleNamespace
 from flowpipe import Bool, Duration, Event, Int, Option, Struct
 from flowpipe.metrics import Counters
 
-from .community_id import community_id, icmp_ports
 from .transport import (
     ACK_FLAG,
     FIN_ACKED,
@@ -193,18 +190,6 @@ def _timestamp(cache: dict[int, str], seconds: float) -> str:
     return text + _MILLIS[micros // 1000]
 
 
-_START = struct.Struct("!d")
-
-
-def _flow_id(flow: Flow) -> str:
-    """``flow.id``: 16 hex digits hashed from the Community ID, the VLAN tags and the start time,
-    so the same for every record of a flow and different for a key's later flows."""
-    data = _START.pack(flow.start) + flow.community_id.encode("ascii")
-    if flow.vlan:
-        data += b"".join(vlan.to_bytes(2, "big") for vlan in flow.vlan)
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
 class FlowTable:
     """Flows by key, in order of last activity, with their timers and records.
 
@@ -238,8 +223,6 @@ class FlowTable:
         timestamp: float,
         network_type: str,
         protocol: int,
-        sender: bytes,
-        receiver: bytes,
         sender_ip: str,
         receiver_ip: str,
         sender_port: int,
@@ -252,9 +235,11 @@ class FlowTable:
         """Start a flow with the packet just seen (it is not counted yet) and return it.
 
         A flow still under ``key`` (a TCP flow that saw a FIN or RST, now reused by a SYN) ends
-        first. ``sender``/``receiver``: packed addresses; ``sender_port``/``receiver_port``: ports,
-        ICMP's type equivalents (see :func:`.community_id.icmp_ports`), or 0; ``flags``: the TCP
-        flags, else 0; ``icmp``: ICMP's (type, code), else None.
+        first. ``key``: ``(protocol, address, port, address, port, vlan)`` with packed addresses,
+        the sender's endpoint first when ``sender_is_low`` (always for a one-way ICMP message), from
+        which the flow computes its Community ID; ``sender_port``/``receiver_port``: ports, ICMP's
+        type equivalents (see :func:`.community_id.icmp_ports`), or 0; ``flags``: the TCP flags,
+        else 0; ``icmp``: ICMP's (type, code), else None.
         """
         flows = self.flows
         old = flows.pop(key, None)
@@ -263,9 +248,7 @@ class FlowTable:
             self._end(old, reason, events)
         elif len(flows) >= self.max_flows:
             self._evict(events)
-        one_way = False
         if icmp is not None:
-            _, _, one_way = icmp_ports(protocol, icmp[0], icmp[1])
             sender_is_client = icmp[0] not in ICMP_REPLIES[protocol]
         elif protocol == PROTO_TCP and flags & SYN_FLAG:
             sender_is_client = not flags & ACK_FLAG
@@ -278,13 +261,11 @@ class FlowTable:
         )
         if icmp is not None or key[0] >= PORTLESS:  # type: ignore[operator]
             client_port = server_port = 0
-        flow = Flow(key, protocol, network_type, client, client_port, server, server_port, timestamp, vlan)
+        flow = Flow(
+            key, protocol, network_type, client, client_port, server, server_port, timestamp, vlan, self.seed
+        )
         flow.client_is_low = sender_is_low == sender_is_client
         flow.icmp = icmp
-        flow.community_id = community_id(
-            sender, receiver, protocol, sender_port, receiver_port, self.seed, one_way
-        )
-        flow.id = _flow_id(flow)
         flows[key] = flow
         self.created += 1
         return flow

@@ -128,6 +128,8 @@ _TYPE_CODE = struct.Struct("!BB").unpack_from
 _IPV6_FRAGMENT = struct.Struct("!BxHI").unpack_from
 """next header, offset (bytes: the field's low 3 bits are flags) and M flag, identification."""
 _inet_ntop = socket.inet_ntop
+_new = tuple.__new__
+"""Builds a TransportPacket from all its fields without the NamedTuple's Python-level ``__new__``."""
 
 PROTO_ICMP = 1
 PROTO_IPIP = 4
@@ -145,6 +147,9 @@ OPENING = 0x17  # SYN, ACK, FIN, RST: a SYN that opens a connection has only the
 SYN = 0x02
 CONTROL = 0x07  # FIN, SYN, RST
 NO_VLANS: tuple[int, ...] = ()
+TCP_BITS = tuple(range(SEEN_ANY << 1))
+"""Every value of ``Flow.client_tcp`` and ``Flow.server_tcp``, made once: flows share these ints
+instead of holding their own (an int above 256 is an object of 28 bytes)."""
 ADDRESS_CACHE_SIZE = 65536
 
 # Drop reasons besides those of .layers, as counted (``dropped.`` is prepended by the counters).
@@ -399,8 +404,6 @@ class IpDecoder(Decoder):
                         timestamp,
                         network_type,
                         protocol,
-                        source_ip,
-                        destination_ip,
                         cache.get(source_ip) or _address(cache, source_ip),
                         cache.get(destination_ip) or _address(cache, destination_ip),
                         source_port,
@@ -420,11 +423,11 @@ class IpDecoder(Decoder):
                 if from_client:
                     flow.client_packets += packets
                     flow.client_bytes += wire_length
-                    flow.client_tcp |= tcp_bits
+                    flow.client_tcp = TCP_BITS[flow.client_tcp | tcp_bits]
                 else:
                     flow.server_packets += packets
                     flow.server_bytes += wire_length
-                    flow.server_tcp |= tcp_bits
+                    flow.server_tcp = TCP_BITS[flow.server_tcp | tcp_bits]
                 flow.last = timestamp
 
             if forward:
@@ -439,16 +442,19 @@ class IpDecoder(Decoder):
                         drops[TRUNCATED_TCP] += 1
                     else:
                         forward_packet(
-                            TransportPacket(
-                                timestamp,
-                                flow,
-                                from_client,
-                                frame[payload_start:end],
-                                announced - end,
-                                flags,
-                                seq,
-                                ack,
-                                window,
+                            _new(
+                                TransportPacket,
+                                (
+                                    timestamp,
+                                    flow,
+                                    from_client,
+                                    frame[payload_start:end],
+                                    announced - end,
+                                    flags,
+                                    seq,
+                                    ack,
+                                    window,
+                                ),
                             )
                         )
                 elif protocol == PROTO_UDP:
@@ -462,12 +468,19 @@ class IpDecoder(Decoder):
                             datagram_end = announced  # a UDP length of 0 (jumbogram) or a bad one
                         captured_end = datagram_end if datagram_end < end else end
                         forward_packet(
-                            TransportPacket(
-                                timestamp,
-                                flow,
-                                from_client,
-                                frame[start + 8 : captured_end],
-                                datagram_end - captured_end,
+                            _new(
+                                TransportPacket,
+                                (
+                                    timestamp,
+                                    flow,
+                                    from_client,
+                                    frame[start + 8 : captured_end],
+                                    datagram_end - captured_end,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                ),
                             )
                         )
                 elif icmp is not None:  # for ICMP analyzers: the message from its header on
@@ -475,7 +488,10 @@ class IpDecoder(Decoder):
                         drops[FRAGMENT] += 1
                     else:
                         forward_packet(
-                            TransportPacket(timestamp, flow, from_client, frame[start:end], announced - end)
+                            _new(
+                                TransportPacket,
+                                (timestamp, flow, from_client, frame[start:end], announced - end, 0, 0, 0, 0),
+                            )
                         )
                 continue
 

@@ -122,12 +122,13 @@ class Stream:
         "seq",
     )
 
-    def __init__(self, flow: Flow, from_client: bool, budget: Budget) -> None:
+    def __init__(self, flow: Flow, from_client: bool, budget: Budget, seq: int = -1) -> None:
         self.flow = flow
         self.from_client = from_client
         self.budget = budget
-        self.seq = -1
-        """Sequence number of the next byte expected; -1 until the stream starts."""
+        self.seq = seq
+        """Sequence number of the next byte expected; -1 until the stream starts (``seq``: started
+        there, as :meth:`syn` starts it)."""
         self.offset = 0
         """Offset of :attr:`seq` from the stream's first byte: bytes delivered or reported missing."""
         self.high = 0
@@ -142,7 +143,7 @@ class Stream:
         """Offset of the FIN; -1 until one is seen."""
         self.done = False
         """Whether the FIN was delivered."""
-        self.quiet = False
+        self.quiet = seq >= 0
         """Started, nothing held and no FIN: the next in-order segment needs no other work."""
 
     def syn(self, seq: int) -> bool:

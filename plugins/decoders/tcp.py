@@ -37,7 +37,9 @@ timeout (``flows.timeout``, 30 s) should not exceed ``connection_timeout``, so t
 replaced the flow object by then.
 
 Memory: the caps count payload bytes held out of order; each held segment adds about 100 bytes
-of bookkeeping (bounded by ``max_segments``), and each tracked connection about 600 bytes.
+of bookkeeping (bounded by ``max_segments``). A tracked connection costs about 260 bytes, and
+each direction's reassembly state (made once the direction carries data, a FIN or bytes cut by
+the capture) about 120 more.
 
 The common case is a fast path: a segment that carries the next expected bytes of a direction
 that holds nothing out of order is forwarded as DATA at once, without copying or buffering.
@@ -89,18 +91,57 @@ END_REASON = "end_of_input"
 
 
 class Connection:
-    """One TCP connection being reassembled: its two directions and its last activity."""
+    """One TCP connection being reassembled: its two directions and its last activity.
 
-    __slots__ = ("client", "flow", "last", "server")
+    A direction's :class:`Stream` is made when it is first needed (payload, bytes cut by the
+    capture, a FIN, data held out of order); until then only the sequence number its SYN set is
+    kept, so a connection that only shook hands costs no stream.
+    """
 
-    def __init__(self, flow: Flow, budget: Budget, timestamp: float) -> None:
+    __slots__ = ("client", "client_seq", "flow", "last", "server", "server_seq")
+
+    def __init__(self, flow: Flow, timestamp: float) -> None:
         self.flow = flow
-        self.client = Stream(flow, True, budget)
-        """What the client sent."""
-        self.server = Stream(flow, False, budget)
-        """What the server sent."""
+        self.client: Stream | None = None
+        """What the client sent; None until needed."""
+        self.server: Stream | None = None
+        """What the server sent; None until needed."""
+        self.client_seq = -1
+        """While :attr:`client` is None: the sequence number of its first byte; -1 before a SYN."""
+        self.server_seq = -1
+        """While :attr:`server` is None: as :attr:`client_seq`, for the server."""
         self.last = timestamp
         """Capture time of the latest packet."""
+
+    def stream(self, from_client: bool, budget: Budget) -> Stream:
+        """The stream of one direction, made (started where its SYN said) if it is not yet."""
+        if from_client:
+            stream = self.client
+            if stream is None:
+                stream = self.client = Stream(self.flow, True, budget, self.client_seq)
+        else:
+            stream = self.server
+            if stream is None:
+                stream = self.server = Stream(self.flow, False, budget, self.server_seq)
+        return stream
+
+    def next_seq(self, from_client: bool) -> int:
+        """The sequence number one direction expects next; -1 before it started."""
+        stream = self.client if from_client else self.server
+        if stream is not None:
+            return stream.seq
+        return self.client_seq if from_client else self.server_seq
+
+    def syn(self, from_client: bool, seq: int) -> bool:
+        """A SYN with sequence number ``seq`` from one side (see :meth:`Stream.syn`)."""
+        stream = self.client if from_client else self.server
+        if stream is not None:
+            return stream.syn(seq)
+        if from_client:
+            self.client_seq = (seq + 1) & MASK
+        else:
+            self.server_seq = (seq + 1) & MASK
+        return True
 
 
 class TcpDecoder(Decoder):
@@ -156,8 +197,10 @@ class TcpDecoder(Decoder):
         connections = self._connections
         get_connection = connections.get
         move_to_end = connections.move_to_end
-        counts = self._budget.counts
+        budget = self._budget
+        counts = budget.counts
         next_expiry = self._next_expiry
+        latest = None
         for packet in batch:
             timestamp, flow, from_client, payload, missing, flags, seq, ack, _ = packet
             if timestamp >= next_expiry:
@@ -172,17 +215,22 @@ class TcpDecoder(Decoder):
                 connection = self._open(flow, timestamp, out)
                 if connection is None:
                     continue
+                latest = connection
             else:
-                move_to_end(flow)
+                if connection is not latest:  # the latest connection is already at the end
+                    move_to_end(flow)
+                    latest = connection
                 connection.last = timestamp
             if from_client:
                 stream, other = connection.client, connection.server
             else:
                 stream, other = connection.server, connection.client
-            if flags & ACK_FLAG and not other.quiet:  # first: the reply follows the data it acknowledges
-                other.acked(ack, out, timestamp)
+            if flags & ACK_FLAG and other is not None and not other.quiet:
+                other.acked(ack, out, timestamp)  # first: the reply follows the data it acknowledges
             if not flags & _CONTROL:
-                if payload:
+                if payload or missing:
+                    if stream is None:
+                        stream = connection.stream(from_client, budget)
                     if seq == stream.seq and stream.quiet and not missing:  # the fast path
                         size = len(payload)
                         stream.seq = (seq + size) & MASK
@@ -190,13 +238,15 @@ class TcpDecoder(Decoder):
                         append(_new(StreamEvent, (DATA, timestamp, flow, from_client, payload, 0, "")))
                     else:
                         stream.segment(seq, payload, missing, out, timestamp)
-                elif missing:
-                    stream.segment(seq, payload, missing, out, timestamp)
-                elif seq != stream.seq and stream.seq >= 0 and seq_diff(seq, stream.seq) == -1:
-                    counts[KEEPALIVES] += 1
-            elif self._control(connection, stream, other, packet, out):
+                else:
+                    expected = connection.next_seq(from_client) if stream is None else stream.seq
+                    if seq != expected and expected >= 0 and seq_diff(seq, expected) == -1:
+                        counts[KEEPALIVES] += 1
+            elif self._control(connection, packet, out):
                 continue
-            if stream.done and other.done:
+            else:
+                stream = connection.client if from_client else connection.server
+            if stream is not None and stream.done and other is not None and other.done:
                 self._close(connection, FIN_REASON, from_client, timestamp, out)
                 self._remember(flow, timestamp)
         self._next_expiry = next_expiry
@@ -235,36 +285,31 @@ class TcpDecoder(Decoder):
             self._budget.counts[MAX_CONNECTIONS] += 1
             self._close(evicted, EVICTED_REASON, True, evicted.last, out)
             self._remember(evicted.flow, timestamp)
-        connection = connections[flow] = Connection(flow, self._budget, timestamp)
+        connection = connections[flow] = Connection(flow, timestamp)
         return connection
 
-    def _control(
-        self,
-        connection: Connection,
-        stream: Stream,
-        other: Stream,
-        packet: TransportPacket,
-        out: list[StreamEvent],
-    ) -> bool:
+    def _control(self, connection: Connection, packet: TransportPacket, out: list[StreamEvent]) -> bool:
         """A packet with SYN, FIN or RST; return True when nothing more is to be done with it."""
         timestamp, _, from_client, payload, missing, flags, seq, ack, _ = packet
         if flags & RST_FLAG:
             if payload or missing:  # a diagnostic text, or data sent with the RST: the stream's last bytes
-                stream.segment(seq, payload, missing, out, timestamp)
+                connection.stream(from_client, self._budget).segment(seq, payload, missing, out, timestamp)
             self._close(connection, RST_REASON, from_client, timestamp, out)
             self._remember(connection.flow, timestamp)
             return True
         if flags & SYN_FLAG:
-            if not stream.syn(seq):
+            if not connection.syn(from_client, seq):
                 self._budget.counts[UNEXPECTED_SYN] += 1
                 return True
-            if flags & ACK_FLAG and other.seq < 0:
-                other.syn((ack - 1) & MASK)
+            if flags & ACK_FLAG and connection.next_seq(not from_client) < 0:
+                connection.syn(not from_client, (ack - 1) & MASK)
             seq = (seq + 1) & MASK
-        if payload or missing:
-            stream.segment(seq, payload, missing, out, timestamp)
-        if flags & FIN_FLAG:
-            stream.fin_at((seq + len(payload) + missing) & MASK, out, timestamp)
+        if payload or missing or flags & FIN_FLAG:
+            stream = connection.stream(from_client, self._budget)
+            if payload or missing:
+                stream.segment(seq, payload, missing, out, timestamp)
+            if flags & FIN_FLAG:
+                stream.fin_at((seq + len(payload) + missing) & MASK, out, timestamp)
         return False
 
     def _close(
@@ -272,8 +317,10 @@ class TcpDecoder(Decoder):
     ) -> None:
         """Deliver what ``connection`` holds, then CLOSED; stop tracking it."""
         flow = connection.flow
-        connection.client.flush(out, timestamp)
-        connection.server.flush(out, timestamp)
+        if connection.client is not None:
+            connection.client.flush(out, timestamp)
+        if connection.server is not None:
+            connection.server.flush(out, timestamp)
         out.append(StreamEvent(CLOSED, timestamp, flow, from_client, reason=reason))
         self._budget.counts[CLOSED_PREFIX + reason] += 1
         self._connections.pop(flow, None)

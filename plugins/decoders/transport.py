@@ -21,7 +21,11 @@ Payloads are ``bytes`` copies that a receiver may keep.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from typing import NamedTuple
+
+from .community_id import community_id, icmp_ports
 
 __all__ = [
     "CLOSED",
@@ -54,6 +58,9 @@ FIN_ACKED = -2
 """In :attr:`Flow.client_fin` and :attr:`Flow.server_fin`: that side's FIN was acknowledged."""
 
 
+_START = struct.Struct("!d")
+
+
 class Flow:
     """One bidirectional conversation, as the ``ip`` decoder tracks it.
 
@@ -65,6 +72,7 @@ class Flow:
     """
 
     __slots__ = (
+        "_ids",
         "client_bytes",
         "client_fin",
         "client_ip",
@@ -73,11 +81,9 @@ class Flow:
         "client_port",
         "client_tcp",
         "closed",
-        "community_id",
         "end_reason",
         "fin_wait",
         "icmp",
-        "id",
         "key",
         "last",
         "network_type",
@@ -105,9 +111,12 @@ class Flow:
         server_port: int,
         start: float,
         vlan: tuple[int, ...] = (),
+        seed: int | None = None,
     ) -> None:
         self.key = key
-        """Hashable and the same for both directions (the flow table's key)."""
+        """Hashable and the same for both directions (the flow table's key). With a ``seed`` (the
+        ``ip`` decoder's flows) it is ``(protocol, address, port, address, port, vlan)`` with packed
+        addresses, a one-way ICMP message's sender first: what the Community ID is hashed from."""
         self.protocol = protocol
         """IANA protocol number (6 TCP, 17 UDP, 1 ICMP, ...)."""
         self.network_type = network_type
@@ -130,10 +139,10 @@ class Flow:
         self.state = ""
         """TCP: the connection state the ``ip`` decoder saw (for flow records); else empty. Set, as
         a Zeek ``conn_state`` code (``S0``, ``SF``, ``REJ``, ...), when a flow record is made."""
-        self.id = ""
-        """``flow.id``: set by the ``ip`` decoder when the flow is created."""
-        self.community_id = ""
-        """``network.community_id`` (Community ID v1): set by the ``ip`` decoder."""
+        self._ids: int | tuple[str, str] | None = seed
+        """The Community ID seed until :attr:`community_id` or :attr:`id` is first read, then both
+        (computed once, when first needed: most flows of a busy link never make an event); None
+        for a flow that has neither (one not made by the ``ip`` decoder)."""
         self.client_is_low = True
         """Whether the client's (address, port) is the first endpoint of :attr:`key`: a packet
         from the key's first endpoint is from the client exactly when this is true."""
@@ -158,6 +167,38 @@ class Flow:
         ``end_of_input``; empty while it goes on."""
         self.reported = -1.0
         """Capture time of the last packet counted in the flow's latest record (-1.0: none yet)."""
+
+    @property
+    def community_id(self) -> str:
+        """``network.community_id`` (Community ID v1, hashed from :attr:`key`); empty without a seed."""
+        ids = self._ids
+        if type(ids) is not tuple:
+            ids = self._make_ids()
+        return ids[0]
+
+    @property
+    def id(self) -> str:
+        """``flow.id``: 16 hex digits hashed from the Community ID, the VLAN tags and the start
+        time, so the same for every record of a flow and different for a key's later flows."""
+        ids = self._ids
+        if type(ids) is not tuple:
+            ids = self._make_ids()
+        return ids[1]
+
+    def _make_ids(self) -> tuple[str, str]:
+        seed = self._ids
+        if seed is None:
+            ids = ("", "")
+        else:
+            _, low, low_port, high, high_port, _ = self.key
+            one_way = self.icmp is not None and icmp_ports(self.protocol, *self.icmp)[2]
+            community = community_id(low, high, self.protocol, low_port, high_port, seed, one_way)  # type: ignore[arg-type]
+            data = _START.pack(self.start) + community.encode("ascii")
+            if self.vlan:
+                data += b"".join(vlan.to_bytes(2, "big") for vlan in self.vlan)
+            ids = (community, hashlib.blake2b(data, digest_size=8).hexdigest())
+        self._ids = ids
+        return ids
 
     def __repr__(self) -> str:
         return (

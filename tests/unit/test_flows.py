@@ -4,6 +4,7 @@ capture time, eviction, VLANs, ICMP and other protocols, tunnels."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import dpkt
@@ -26,9 +27,10 @@ from flowpipe import PacketBatch, StageContext
 from flowpipe.event import Event
 from flowpipe.metrics import Counters
 from flowpipe.options import build_namespace, validate_options
+from flowpipe.plugins.decoders.community_id import community_id
 from flowpipe.plugins.decoders.flows import LINGER, conn_state
 from flowpipe.plugins.decoders.ip import IpDecoder
-from flowpipe.plugins.decoders.transport import TransportPacket
+from flowpipe.plugins.decoders.transport import Flow, TransportPacket
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 SYN, ACK, FIN, RST, PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH
@@ -344,6 +346,14 @@ def test_icmp_echo_request_and_reply_share_a_flow_and_errors_have_their_own() ->
     )
     assert summary(unreachable)[:4] == (f"{B}:None", f"{A}:None", (1, 70), (0, 0))
     assert unreachable["icmp"] == {"type": 3, "code": 1}
+    sender, receiver = socket.inet_aton(B), socket.inet_aton(A)  # one-way: the sender comes first
+    assert unreachable["network"]["community_id"] == community_id(sender, receiver, 1, 3, 1, one_way=True)
+    assert unreachable["network"]["community_id"] != community_id(receiver, sender, 1, 3, 1, one_way=True)
+
+
+def test_a_flow_not_made_by_the_ip_decoder_has_no_ids() -> None:
+    flow = Flow(("test",), 6, "ipv4", "192.0.2.1", 40000, "198.51.100.2", 80, T0)
+    assert (flow.community_id, flow.id) == ("", "")
 
 
 def test_icmp_reply_seen_first_makes_its_receiver_the_client() -> None:

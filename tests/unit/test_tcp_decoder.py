@@ -394,6 +394,22 @@ def test_keepalives_are_not_data() -> None:
     assert counters(decoder) == {"keepalives": 2}
 
 
+def test_a_connection_that_only_shook_hands_holds_no_stream_until_data_comes() -> None:
+    decoder = make_decoder(connection_timeout="1h")
+    flow = make_flow()
+    talk = Talk(flow)
+    decoder.decode([*talk.handshake(), talk.server(-1, ack=0, t=30.0)], [])  # a server keep-alive
+    connection = decoder._connections[flow]
+    assert (connection.client, connection.server) == (None, None)
+    assert (connection.client_seq, connection.server_seq) == (talk.seq(True, 0), talk.seq(False, 0))
+    assert counters(decoder) == {"keepalives": 1}
+    assert simplify(decoder.decode([talk.client(0, b"GET", ack=0, t=31.0)], [])) == [("data", "c", b"GET")]
+    assert connection.client is not None and connection.server is None
+    assert (connection.client.seq, connection.client.offset) == (talk.seq(True, 3), 3)
+    events = decoder.decode([talk.server(0, b"OK", ack=3, t=31.5), talk.server(2, b"!", ack=3, t=31.6)], [])
+    assert simplify(events) == [("data", "s", b"OK"), ("data", "s", b"!")]
+
+
 # Holes
 
 
@@ -781,6 +797,8 @@ def _check_caps(decoder: TcpDecoder, caps: dict[str, int]) -> None:
     held = 0
     for connection in decoder._connections.values():
         for stream in (connection.client, connection.server):
+            if stream is None:
+                continue
             pending = stream.pending or []
             assert stream.buffered == sum(len(data) for _, data in pending) <= caps["max_stream_bytes"]
             assert len(pending) <= caps["max_segments"]
