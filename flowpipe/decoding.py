@@ -20,6 +20,10 @@ from .stage import Decoder, Processor
 
 __all__ = ["DecodingChain"]
 
+FLUSH_CHUNK = 4096
+"""Events a flush or a clock advance hands to the processors and outputs at a time: the outputs'
+queues then bound what is encoded at once (the end of a flood can end a million flows)."""
+
 
 class DecodingChain:
     """Decoders then processors; every non-empty batch of events they make goes to ``ship``."""
@@ -86,7 +90,8 @@ class DecodingChain:
             decoder.context.counters.add("out", len(events) + (len(forwarded) if forwarded else 0))
             if forwarded:
                 events.extend(self.decode(forwarded, index + 1))
-            self.events(events)
+            for start in range(0, len(events), FLUSH_CHUNK):  # an end-of-input flush may be huge
+                self.events(events[start : start + FLUSH_CHUNK])
 
     def events(self, events: list[Event]) -> None:
         """Run ``events`` through the processors and ship what is left."""

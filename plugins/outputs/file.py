@@ -212,15 +212,15 @@ class FileOutput(Output):
         if isinstance(events, PacketBatch):
             return self._write_packets(events)
         records = encode_records(events, self.config.codec)
-        data = b"".join(records)
+        size = sum(map(len, records))
         try:
             self._ensure_open()
             limit = self.config.rotate_every
-            if limit and self._size + len(data) > limit:  # rotate between events, not inside a batch's bytes
+            if limit and self._size + size > limit:  # rotate between events, not inside a batch's bytes
                 for record in records:
                     self._append(record)
-            else:
-                self._append(data)
+            else:  # joined: one write (the records and their join coexist only here)
+                self._append(b"".join(records))
             if time.monotonic() >= self._flush_due:
                 self._flush_file()
         except OSError as error:
