@@ -264,22 +264,22 @@ def test_a_worker_that_cannot_open_its_stages_stops_the_start_with_the_reason_on
     assert not (tmp_path / "events.ndjson").exists()  # outputs are opened after the workers
 
 
-def test_a_worker_that_dies_fails_the_run_promptly_and_says_which(tmp_path: Path) -> None:
+def run_failing(
+    tmp_path: Path, decoder: str, frames: list[tuple[float, bytes]], **settings: Any
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``flowpipe run`` of ``frames`` through a decoder of FAILING_PLUGIN with 2 workers; the
+    result and the seconds it took."""
     (tmp_path / "failing.py").write_text(FAILING_PLUGIN)
-    frames = [
-        (START + index, udp_frame("10.0.0.1", "10.0.0.2", 1000 + index, 2000, b"fine")) for index in range(50)
-    ]
-    frames.append((START + 60, udp_frame("10.0.0.1", "10.0.0.2", 999, 2000, b"CRASH")))
-    capture = write_pcap(tmp_path / "crash.pcap", frames)
+    capture = write_pcap(tmp_path / "capture.pcap", frames)
     config = tmp_path / "pipeline.yml"
     config.write_text(
         yaml.safe_dump(
             {
                 "plugins": ["failing.py"],
                 "inputs": [{"type": "pcap", "files": [str(capture)]}],
-                "decoders": [{"type": "crashing"}],
+                "decoders": [{"type": decoder}],
                 "outputs": [{"type": "file", "path": "events.ndjson"}],
-                "pipeline": {"workers": 2, "batch_size": 8},
+                "pipeline": {"workers": 2, **settings},
             }
         )
     )
@@ -291,7 +291,16 @@ def test_a_worker_that_dies_fails_the_run_promptly_and_says_which(tmp_path: Path
         cwd=tmp_path,
         timeout=60,
     )
-    assert time.monotonic() - began < 20  # not the 30 s shutdown timeout
+    return result, time.monotonic() - began
+
+
+def test_a_worker_that_dies_fails_the_run_promptly_and_says_which(tmp_path: Path) -> None:
+    frames = [
+        (START + index, udp_frame("10.0.0.1", "10.0.0.2", 1000 + index, 2000, b"fine")) for index in range(50)
+    ]
+    frames.append((START + 60, udp_frame("10.0.0.1", "10.0.0.2", 999, 2000, b"CRASH")))
+    result, seconds = run_failing(tmp_path, "crashing", frames, batch_size=8)
+    assert seconds < 20  # not the 30 s shutdown timeout
     assert result.returncode == 1
     assert re.search(r"worker [01] ended unexpectedly \(exit code 7\): the run stops", result.stderr)
     assert result.stderr.count("ended unexpectedly") == 2  # the log line and the summary's failure
@@ -333,29 +342,9 @@ def test_ctrl_c_to_the_process_group_stops_the_run_cleanly_with_every_event(tmp_
 
 
 def test_the_shutdown_timeout_stops_workers_that_do_not_finish(tmp_path: Path) -> None:
-    (tmp_path / "failing.py").write_text(FAILING_PLUGIN)
-    capture = write_pcap(tmp_path / "few.pcap", [(START, udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"x"))])
-    config = tmp_path / "pipeline.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "plugins": ["failing.py"],
-                "inputs": [{"type": "pcap", "files": [str(capture)]}],
-                "decoders": [{"type": "stalling"}],
-                "outputs": [{"type": "file", "path": "events.ndjson"}],
-                "pipeline": {"workers": 2, "shutdown_timeout": "1s"},
-            }
-        )
-    )
-    began = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "flowpipe", "run", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert time.monotonic() - began < 15
+    frames = [(START, udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"x"))]
+    result, seconds = run_failing(tmp_path, "stalling", frames, shutdown_timeout="1s")
+    assert seconds < 15
     assert result.returncode == 1
     assert "shutdown timeout (1 s) reached" in result.stderr
     assert "ended unexpectedly" not in result.stderr  # killed on purpose, not lost
