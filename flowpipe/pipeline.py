@@ -42,7 +42,17 @@ from .metrics import Counters
 from .packet import PacketBatch
 from .queues import END, BatchQueue, Marker
 from .registry import Registry
-from .stage import Checkpoint, Decoder, Input, Output, Processor, Stage, StageContext
+from .stage import (
+    Checkpoint,
+    Decoder,
+    Input,
+    Output,
+    Processor,
+    Stage,
+    StageContext,
+    close_stages,
+    open_stage,
+)
 from .summary import Summary
 from .workers import WorkerLostError, WorkerPool
 
@@ -99,7 +109,7 @@ class Pipeline:
         self.chain = DecodingChain(self.decoders, self.processors, self.worker_counters, self._ship)
         self.pool = (
             WorkerPool(settings.workers, self.decoders, self.processors, self.worker_counters)
-            if settings.workers > 1 and self.decoders
+            if settings.workers > 1  # the pipeline file's check: only with decoders
             else None
         )
         self.stop_requested = threading.Event()
@@ -138,22 +148,15 @@ class Pipeline:
             order = [*self.outputs, *self.processors, *self.decoders, *self.inputs]
         for stage in order:
             try:
-                stage.open()
+                open_stage(stage)
             except StartupError:
                 self.close()
                 raise
-            except Exception as error:
-                self.close()
-                raise StartupError(f"{stage.kind} {stage.context.id!r} failed to start: {error}") from error
             self._opened.append(stage)
 
     def close(self) -> None:
         """Close every opened stage (inputs first), logging but not raising their errors."""
-        for stage in reversed(self._opened):
-            try:
-                stage.close()
-            except Exception:
-                log.exception("%s %r failed to close", stage.kind, stage.context.id)
+        close_stages(self._opened)
         self._opened.clear()
         if self.pool is not None:
             self.pool.join()
@@ -280,8 +283,7 @@ class Pipeline:
                 if batch is END:
                     break
                 if isinstance(batch, _Acknowledgements):  # what came before it is in the output queues
-                    for runner in self.output_runners:
-                        runner.queue.put_marker(_Acknowledgements(dict(batch.marks)))
+                    self._queue_marker(batch)
                 elif not isinstance(batch, PacketBatch):
                     self.chain.events(batch)
                 elif not self.decoders:  # decoders: []: the raw packets go to the outputs
@@ -305,6 +307,11 @@ class Pipeline:
         """Hand a batch of events, or of raw packets, to every output's queue (shared, not copied)."""
         for runner in self.output_runners:
             runner.queue.put(items)
+
+    def _queue_marker(self, marker: _Acknowledgements) -> None:
+        """Put a copy of ``marker`` behind what is queued for each output (each passes its own)."""
+        for runner in self.output_runners:
+            runner.queue.put_marker(_Acknowledgements(dict(marker.marks)))
 
     def _route(self) -> None:
         """With worker processes: send what the inputs read to the workers."""
@@ -333,8 +340,7 @@ class Pipeline:
         try:
             for item in pool.results():
                 if isinstance(item, _Acknowledgements):  # every worker shipped what came before it
-                    for runner in self.output_runners:
-                        runner.queue.put_marker(_Acknowledgements(dict(item.marks)))
+                    self._queue_marker(item)
                 else:
                     self._ship(item)
         except WorkerLostError as error:

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar, Protocol
 
 from .conditions import Condition
+from .errors import StartupError
 from .event import Event
 from .metrics import Counters, RateLimitedLog
 from .options import Choice, Duration, Option, OptionError, Struct
@@ -35,7 +36,30 @@ __all__ = [
     "Splitter",
     "Stage",
     "StageContext",
+    "close_stages",
+    "open_stage",
 ]
+
+log = logging.getLogger("flowpipe.stage")
+
+
+def open_stage(stage: Stage) -> None:
+    """Open ``stage``; any failure becomes a :class:`~flowpipe.errors.StartupError` naming it."""
+    try:
+        stage.open()
+    except StartupError:
+        raise
+    except Exception as error:
+        raise StartupError(f"{stage.kind} {stage.context.id!r} failed to start: {error}") from error
+
+
+def close_stages(stages: list[Stage]) -> None:
+    """Close ``stages``, last first, logging but not raising their errors."""
+    for stage in reversed(stages):
+        try:
+            stage.close()
+        except Exception:
+            log.exception("%s %r failed to close", stage.kind, stage.context.id)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from .event import Event
 from .metrics import Counters
 from .packet import PacketBatch
 from .queues import Marker
-from .stage import Decoder, Processor, Splitter
+from .stage import Decoder, Processor, Splitter, Stage, close_stages, open_stage
 
 __all__ = ["WorkerLostError", "WorkerPool"]
 
@@ -110,7 +110,7 @@ class WorkerPool:
         self._reports: list[list[tuple[dict[str, int], dict[str, Any]]]] = [[] for _ in range(count)]
         """Each worker's latest counters (values, gauges), in the order of :meth:`_stage_counters`."""
         self.failures: list[str] = []
-        """What the workers reported as failures, and workers lost."""
+        """The failures the workers reported (``context.fail``)."""
 
     def _stage_counters(self) -> list[Counters]:
         return [*(stage.context.counters for stage in (*self.decoders, *self.processors)), self.counters]
@@ -136,12 +136,12 @@ class WorkerPool:
             )
             _widen(inbound_writer)
             _widen(outbound_reader)
+            self._to_workers.append(inbound_writer)  # before the fork: the worker closes these ends
+            self._from_workers.append(outbound_reader)
             process.start()
             inbound_reader.close()
             outbound_writer.close()
             self._processes.append(process)
-            self._to_workers.append(inbound_writer)
-            self._from_workers.append(outbound_reader)
         errors = []
         for index, connection in enumerate(self._from_workers):
             try:
@@ -164,14 +164,17 @@ class WorkerPool:
                 process.kill()
 
     def join(self, timeout: float = 5.0) -> None:
-        """Wait for the workers to exit (they do once they sent DONE), kill the late; close the pipes."""
+        """Wait for the workers to exit (after DONE, or at the end of their pipe), kill the late;
+        close the pipes."""
+        for connection in self._to_workers:  # a worker still waiting for work sees its pipe end
+            connection.close()
         deadline = time.monotonic() + timeout
         for process in self._processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
-        for connection in (*self._to_workers, *self._from_workers):
+        for connection in self._from_workers:
             connection.close()
         self._processes.clear()
 
@@ -179,7 +182,7 @@ class WorkerPool:
 
     def packets(self, batch: PacketBatch) -> None:
         """Send each worker the frames of its flows (and the clock, to one that got none)."""
-        if not batch.frames:  # a live input's clock while no packet comes: every worker hears it
+        if batch.clock is not None:  # a live input's clock while no packet comes: every worker hears it
             self._tell_time(batch.link_type, batch.source, batch.clock)
             return
         splitter = self._splitters.get(batch.link_type)
@@ -214,11 +217,11 @@ class WorkerPool:
                 self._send(index, (PACKETS, part.link_type, source, latest, [], [], []))
                 told[index] = latest
 
-    def _tell_time(self, link_type: int, source: str, clock: float | None) -> None:
+    def _tell_time(self, link_type: int, source: str, clock: float) -> None:
+        """Every worker hears that capture time is ``clock``."""
         for index in range(self.count):
             self._send(index, (PACKETS, link_type, source, clock, [], [], []))
-            if clock is not None:
-                self._told[index] = max(self._told[index], clock)
+            self._told[index] = max(self._told[index], clock)
 
     def events(self, events: list[Event]) -> None:
         """Send a batch of events (from an input of events) to the next worker in turn."""
@@ -287,18 +290,15 @@ class WorkerPool:
         self._reports[index] = report
         reports = [worker_report for worker_report in self._reports if worker_report]
         for position, counters in enumerate(self._stage_counters()):
-            values: dict[str, int] = {}
-            gauges: dict[str, Any] = {}
+            total = Counters(counters.owner, counters.kind)
             for worker_report in reports:
                 worker_values, worker_gauges = worker_report[position]
-                for name, value in worker_values.items():
-                    values[name] = values.get(name, 0) + value
+                total.add_many(worker_values)
                 for name, value in worker_gauges.items():
                     if isinstance(value, int | float) and not isinstance(value, bool):
-                        value += gauges.get(name, 0)
-                    gauges[name] = value
-            counters.values = values
-            counters.gauges = gauges
+                        value += total.gauges.get(name, 0)
+                    total.gauges[name] = value
+            counters.values, counters.gauges = total.values, total.gauges
 
     # -- in the worker process -------------------------------------------------------------------
 
@@ -306,20 +306,16 @@ class WorkerPool:
         """The worker process: open the stages, decode what comes, send back events and counters."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for connection in (*self._to_workers, *self._from_workers):
-            connection.close()  # the pipes of the workers forked before this one
-        failures = self.decoders[0].context.failures if self.decoders else []
+            connection.close()  # the main process's ends: its own pipe ends when the main closes it
+        failures = self.decoders[0].context.failures  # the pipeline's list, shared by every stage
         already_failed = len(failures)
-        stages = [*self.processors, *self.decoders]
-        opened = []
-        for stage in stages:
+        opened: list[Stage] = []
+        for stage in (*self.processors, *self.decoders):
             try:
-                stage.open()
-            except Exception as error:  # the reason as Pipeline.open gives it
-                reason = str(error) if isinstance(error, StartupError) else f"failed to start: {error}"
-                if not isinstance(error, StartupError):
-                    reason = f"{stage.kind} {stage.context.id!r} {reason}"
-                outbound.send((READY, reason))
-                _close(opened)
+                open_stage(stage)
+            except StartupError as error:
+                outbound.send((READY, str(error)))
+                close_stages(opened)
                 return
             opened.append(stage)
         outbound.send((READY, None))
@@ -351,7 +347,7 @@ class WorkerPool:
         except EOFError:  # the main process is gone
             return
         finally:
-            _close(opened)
+            close_stages(opened)
         outbound.send((COUNTERS, self._report()))
         outbound.send((DONE, failures[already_failed:]))
 
@@ -363,11 +359,3 @@ def _widen(connection: Connection) -> None:
     """A pipe of PIPE_SIZE bytes instead of 64 KiB: a batch of frames goes in one write (Linux)."""
     with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size, unprivileged: the default
         fcntl.fcntl(connection.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-
-
-def _close(stages: list[Any]) -> None:
-    for stage in reversed(stages):
-        try:
-            stage.close()
-        except Exception:
-            log.exception("%s %r failed to close", stage.kind, stage.context.id)

@@ -294,6 +294,23 @@ def run_failing(
     return result, time.monotonic() - began
 
 
+def test_an_output_that_cannot_open_stops_the_started_workers_at_once(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    began = time.monotonic()
+    with pytest.raises(StartupError) as raised:
+        run_pipeline(
+            tmp_path,
+            {
+                "inputs": [{"type": "pcap", "files": [str(SAMPLE)]}],
+                "outputs": [{"type": "file", "path": "not-a-folder/events.ndjson"}],
+                "pipeline": {"workers": 2},
+            },
+        )
+    assert time.monotonic() - began < 3  # the workers see their pipes end; no kill after a wait
+    folder = tmp_path / "not-a-folder"
+    assert str(raised.value) == f"cannot write {folder}/events.ndjson: {folder} is not a directory"
+
+
 def test_a_worker_that_dies_fails_the_run_promptly_and_says_which(tmp_path: Path) -> None:
     frames = [
         (START + index, udp_frame("10.0.0.1", "10.0.0.2", 1000 + index, 2000, b"fine")) for index in range(50)
